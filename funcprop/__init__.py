@@ -1,0 +1,39 @@
+"""funcprop: backpropagation as explicit math in JAX.
+
+Every primitive is a ``jax.custom_vjp`` whose backward is the hand-derived formula
+(Ωᵀ δ, δ hᵀ, Σ δ, a'(f) ⊙ ḡ, p − y); ``jax.jit`` compiles it for CPU, GPU or TPU.
+"""
+
+from funcprop.rules import (
+    check_labels,
+    dense,
+    gelu,
+    leaky_relu,
+    log_softmax,
+    mse,
+    relu,
+    sigmoid,
+    sigmoid_binary_cross_entropy,
+    softmax,
+    softmax_cross_entropy,
+    softplus,
+    tanh,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "check_labels",
+    "dense",
+    "gelu",
+    "leaky_relu",
+    "log_softmax",
+    "mse",
+    "relu",
+    "sigmoid",
+    "sigmoid_binary_cross_entropy",
+    "softmax",
+    "softmax_cross_entropy",
+    "softplus",
+    "tanh",
+]

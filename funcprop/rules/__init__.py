@@ -1,0 +1,29 @@
+"""The hand-derived rules: each a ``jax.custom_vjp`` with its backward written out."""
+
+from funcprop.rules._core import VJPRule
+from funcprop.rules.activations import gelu, leaky_relu, relu, sigmoid, softplus, tanh
+from funcprop.rules.linear import dense
+from funcprop.rules.losses import (
+    check_labels,
+    mse,
+    sigmoid_binary_cross_entropy,
+    softmax_cross_entropy,
+)
+from funcprop.rules.softmax import log_softmax, softmax
+
+__all__ = [
+    "VJPRule",
+    "check_labels",
+    "dense",
+    "gelu",
+    "leaky_relu",
+    "log_softmax",
+    "mse",
+    "relu",
+    "sigmoid",
+    "sigmoid_binary_cross_entropy",
+    "softmax",
+    "softmax_cross_entropy",
+    "softplus",
+    "tanh",
+]

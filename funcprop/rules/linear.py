@@ -1,0 +1,91 @@
+"""The dense (fully connected) layer and its hand-derived backward.
+
+Column form of the seed: f = β + Ω h. Batch-first form, rows are examples:
+
+    F = H Ωᵀ + β          H: (B, n_in)  Ω: (n_out, n_in)  β: (n_out,)  F: (B, n_out)
+
+With Δ = ∂L/∂F:
+
+    H̄ = Δ Ω               (the transpose of Ωᵀ; for one example ∂L/∂h = Ωᵀ δ)
+    Ω̄ = Δᵀ H              (a sum of outer products δ hᵀ over the batch)
+    β̄ = Σ_rows Δ
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from funcprop.rules._core import (
+    as_float_array,
+    custom_rule,
+    implements,
+    require_same_dtype,
+)
+
+
+def dense_twin(h, omega, beta):
+    """Plain twin of :func:`dense`: ``h @ omega.T + beta``."""
+    return h @ omega.T + beta
+
+
+def _dense_fwd(h, omega, beta):
+    return dense_twin(h, omega, beta), (h, omega)
+
+
+def _dense_bwd(res, delta):
+    """H̄ = Δ Ω,  Ω̄ = Δᵀ H,  β̄ = Σ Δ, summed over every leading batch axis."""
+    h, omega = res
+    delta_rows = delta.reshape(-1, delta.shape[-1])  # (B, n_out), B = all leading axes
+    h_rows = h.reshape(-1, h.shape[-1])  # (B, n_in)
+    return delta @ omega, delta_rows.T @ h_rows, delta_rows.sum(axis=0)
+
+
+_DENSE = custom_rule(dense_twin, _dense_fwd, _dense_bwd)
+
+
+@implements(_DENSE)
+def dense(h, omega, beta) -> jax.Array:
+    """Affine map ``f = h Ωᵀ + β`` with the hand-derived backward.
+
+    Backward, with Δ = ∂L/∂f: ``∂L/∂h = Δ Ω``, ``∂L/∂Ω = Δᵀ h`` (summed over all
+    leading axes), ``∂L/∂β = Σ Δ``. Residuals kept: ``h`` and ``Ω`` (both already
+    live; nothing new is stored).
+
+    Args:
+      h: ``(..., n_in)``, one example ``(n_in,)`` or any leading batch axes.
+      omega: ``(n_out, n_in)``, the weight matrix Ω as in the seed's ``f = β + Ω h``.
+      beta: ``(n_out,)``, the bias β.
+
+    Returns:
+      ``(..., n_out)``, the pre-activation f.
+
+    Raises:
+      ValueError: on a rank or a feature count that does not match.
+      TypeError: on an integer input or on mixed float dtypes.
+    """
+    h = as_float_array("dense", "h", h)
+    omega = as_float_array("dense", "omega", omega)
+    beta = as_float_array("dense", "beta", beta)
+    if h.ndim < 1:
+        raise ValueError(
+            f"dense: h must have at least one axis (..., n_in), got a scalar of shape "
+            f"{h.shape}; pass features as h[..., None] or a vector"
+        )
+    if omega.ndim != 2:
+        raise ValueError(
+            f"dense: omega must be a matrix (n_out, n_in), got shape {omega.shape}"
+        )
+    n_out, n_in = omega.shape
+    if h.shape[-1] != n_in:
+        raise ValueError(
+            f"dense: omega has shape {omega.shape} but h has {h.shape[-1]} features "
+            f"(h.shape = {h.shape}); omega must be (n_out, {h.shape[-1]})"
+        )
+    if beta.shape != (n_out,):
+        raise ValueError(
+            f"dense: beta has shape {beta.shape} but omega has shape {omega.shape}; "
+            f"beta must be ({n_out},)"
+        )
+    require_same_dtype("dense", h=h, omega=omega, beta=beta)
+    return _DENSE.core(h, omega, beta)

@@ -1,0 +1,239 @@
+"""Losses, each the mean over examples, with hand-derived backwards.
+
+Fused softmax + cross-entropy (seed ``backprop-deep-dive-softmax-cross-entropy``):
+with p = softmax(z) and L = −Σ_i y_i log p_i, ``∂L/∂z = p − y``; for the mean over B
+examples, ``(p − y) / B``. The softmax Jacobian cancels against the log and is never
+formed.
+
+Targets that do not sum to one: the general gradient is ``(p Σ_c y_c − y) / B``,
+which is ``(p − y) / B`` for every proper distribution. The rule computes the general
+form, so it also holds off the simplex (unnormalised targets, second derivatives
+along any direction of y).
+
+Class ids out of range: under ``jit`` a label cannot be checked, so an id outside
+``[0, C)`` (negative ids included) turns into an all-zero target row. That example adds
+0 to the summed loss (the mean still divides by B) and its logits get zero gradient.
+Nothing raises and nothing is NaN. Call :func:`check_labels` outside ``jit``, once on
+the dataset, to catch such ids.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from funcprop.rules._core import (
+    as_float_array,
+    custom_rule,
+    implements,
+    numel,
+    require_same_dtype,
+    require_same_shape,
+)
+from funcprop.rules.softmax import log_softmax_twin
+
+
+def _is_int(x) -> bool:
+    return jnp.issubdtype(x.dtype, jnp.integer)
+
+
+def _targets(labels, logits):
+    """Target probabilities y, (..., C): one-hot rows for integer ids, else labels."""
+    if _is_int(labels):
+        classes = jnp.arange(logits.shape[-1], dtype=labels.dtype)
+        return (labels[..., None] == classes).astype(logits.dtype)
+    return labels
+
+
+# --- softmax_cross_entropy -------------------------------------------------------
+
+
+def softmax_cross_entropy_twin(logits, labels):
+    """Plain twin: ``−Σ y log_softmax(z) / B``, B the number of examples."""
+    n_examples = numel(logits.shape[:-1])
+    return -jnp.sum(_targets(labels, logits) * log_softmax_twin(logits)) / n_examples
+
+
+def _softmax_cross_entropy_fwd(logits, labels):
+    log_p = log_softmax_twin(logits)
+    n_examples = numel(logits.shape[:-1])
+    loss = -jnp.sum(_targets(labels, logits) * log_p) / n_examples
+    return loss, (log_p, labels)
+
+
+def _softmax_cross_entropy_bwd(res, g):
+    """z̄ = ḡ (p Σy − y) / B, i.e. ḡ (p − y) / B;  ȳ = −ḡ log p / B for probabilities."""
+    log_p, labels = res
+    scale = g / numel(log_p.shape[:-1])
+    y = _targets(labels, log_p)
+    logits_bar = scale * (jnp.exp(log_p) * jnp.sum(y, axis=-1, keepdims=True) - y)
+    labels_bar = None if _is_int(labels) else -scale * log_p
+    return logits_bar, labels_bar
+
+
+_SOFTMAX_CROSS_ENTROPY = custom_rule(
+    softmax_cross_entropy_twin, _softmax_cross_entropy_fwd, _softmax_cross_entropy_bwd
+)
+
+
+@implements(_SOFTMAX_CROSS_ENTROPY)
+def softmax_cross_entropy(logits, labels) -> jax.Array:
+    """Mean cross-entropy of softmax(logits) against labels, fused.
+
+    ``L = −(1/B) Σ_b Σ_c y_bc log p_bc`` with ``p = softmax(logits)``. Backward:
+    ``∂L/∂logits = (p − y) / B`` (computed as ``(p Σ_c y_c − y) / B``, the same for
+    targets that sum to one); for probability labels also ``∂L/∂y = −log p / B``.
+    Keeps log p (and the labels). Finite for logits of ±1e4.
+
+    Args:
+      logits: ``(B, C)``, or ``(..., C)`` with any leading axes (B is their product),
+        or ``(C,)`` for one example.
+      labels: integer class ids of shape ``logits.shape[:-1]``, or target
+        probabilities of the shape of ``logits``. Ids outside ``[0, C)`` are not
+        seen under jit (see the module docstring); check them with
+        :func:`check_labels`.
+
+    Returns:
+      The scalar mean loss.
+    """
+    fn = "softmax_cross_entropy"
+    logits = as_float_array(fn, "logits", logits)
+    labels = jnp.asarray(labels)
+    if logits.ndim < 1:
+        raise ValueError(
+            f"{fn}: logits must have a class axis (B, C) or (C,), got shape "
+            f"{logits.shape}"
+        )
+    if _is_int(labels):
+        if labels.shape != logits.shape[:-1]:
+            raise ValueError(
+                f"{fn}: integer labels have shape {labels.shape} but logits have "
+                f"shape {logits.shape}; class ids must be {logits.shape[:-1]} "
+                f"(one id per row of logits)"
+            )
+    elif jnp.issubdtype(labels.dtype, jnp.floating):
+        if labels.shape != logits.shape:
+            raise ValueError(
+                f"{fn}: probability labels have shape {labels.shape} but logits have "
+                f"shape {logits.shape}; they must match, or pass integer class ids "
+                f"of shape {logits.shape[:-1]}"
+            )
+        require_same_dtype(fn, logits=logits, labels=labels)
+    else:
+        raise TypeError(
+            f"{fn}: labels must be integer class ids or float probabilities, got "
+            f"dtype {labels.dtype}; cast with labels.astype(jnp.int32)"
+        )
+    return _SOFTMAX_CROSS_ENTROPY.core(logits, labels)
+
+
+def check_labels(labels, num_classes: int) -> np.ndarray:
+    """Check integer class ids outside ``jit``; return them as a NumPy array.
+
+    ``softmax_cross_entropy`` cannot see an id outside ``[0, num_classes)`` under
+    ``jit`` (it silently contributes zero loss); call this once on a dataset's
+    labels before training.
+
+    Raises:
+      TypeError: if labels are not integers.
+      ValueError: if any id is outside ``[0, num_classes)``, naming the first one.
+    """
+    arr = np.asarray(labels)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(
+            f"check_labels: labels must be integer class ids, got dtype {arr.dtype}; "
+            f"cast with labels.astype(np.int32)"
+        )
+    bad = (arr < 0) | (arr >= num_classes)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"check_labels: {int(bad.sum())} of {arr.size} labels are outside "
+            f"[0, {num_classes}), e.g. labels[{', '.join(map(str, first))}] = "
+            f"{arr[first]}; fix the labels or num_classes"
+        )
+    return arr
+
+
+# --- mse -------------------------------------------------------------------------
+
+
+def mse_twin(pred, target):
+    """Plain twin of :func:`mse`: ``mean((pred − target)²)``."""
+    return jnp.mean((pred - target) ** 2)
+
+
+def _mse_fwd(pred, target):
+    diff = pred - target
+    return jnp.mean(diff**2), diff
+
+
+def _mse_bwd(diff, g):
+    """p̄ = 2 ḡ (pred − target) / N,  t̄ = −p̄."""
+    pred_bar = (2 * g / diff.size) * diff
+    return pred_bar, -pred_bar
+
+
+_MSE = custom_rule(mse_twin, _mse_fwd, _mse_bwd)
+
+
+@implements(_MSE)
+def mse(pred, target) -> jax.Array:
+    """Mean squared error ``(1/N) Σ (pred − target)²`` over all N elements.
+
+    Backward: ``∂L/∂pred = 2 (pred − target) / N = −∂L/∂target``. Keeps the
+    difference. Shapes must match exactly: no broadcasting, which would silently turn
+    a ``(B, 1)`` against ``(B,)`` mistake into a ``(B, B)`` loss.
+    """
+    pred = as_float_array("mse", "pred", pred)
+    target = as_float_array("mse", "target", target)
+    require_same_shape("mse", "pred", pred, "target", target)
+    require_same_dtype("mse", pred=pred, target=target)
+    return _MSE.core(pred, target)
+
+
+# --- sigmoid_binary_cross_entropy ------------------------------------------------
+
+
+def sigmoid_binary_cross_entropy_twin(logits, targets):
+    """Plain twin: ``mean(softplus(z) − y z)``, which is −y log σ(z) − (1−y) log(1−σ(z))."""
+    return jnp.mean(jnp.logaddexp(logits, 0) - targets * logits)
+
+
+def _sigmoid_binary_cross_entropy_fwd(logits, targets):
+    return sigmoid_binary_cross_entropy_twin(logits, targets), (logits, targets)
+
+
+def _sigmoid_binary_cross_entropy_bwd(res, g):
+    """z̄ = ḡ (σ(z) − y) / N,  ȳ = −ḡ z / N."""
+    logits, targets = res
+    scale = g / logits.size
+    return scale * (jax.lax.logistic(logits) - targets), -scale * logits
+
+
+_SIGMOID_BCE = custom_rule(
+    sigmoid_binary_cross_entropy_twin,
+    _sigmoid_binary_cross_entropy_fwd,
+    _sigmoid_binary_cross_entropy_bwd,
+)
+
+
+@implements(_SIGMOID_BCE)
+def sigmoid_binary_cross_entropy(logits, targets) -> jax.Array:
+    """Mean binary cross-entropy of σ(logits) against targets in [0, 1].
+
+    ``L = (1/N) Σ [softplus(z) − y z]``, the stable form of
+    ``−y log σ(z) − (1 − y) log(1 − σ(z))``; finite for logits of ±1e4. Backward:
+    ``∂L/∂z = (σ(z) − y) / N``, ``∂L/∂y = −z / N``. Keeps the inputs.
+
+    Args:
+      logits: any shape.
+      targets: the shape of logits, floating point (0/1 labels or soft targets).
+    """
+    fn = "sigmoid_binary_cross_entropy"
+    logits = as_float_array(fn, "logits", logits)
+    targets = as_float_array(fn, "targets", targets)
+    require_same_shape(fn, "logits", logits, "targets", targets)
+    require_same_dtype(fn, logits=logits, targets=targets)
+    return _SIGMOID_BCE.core(logits, targets)

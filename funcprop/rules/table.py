@@ -1,0 +1,118 @@
+"""The one table of every rule: name, rule, plain twin and example inputs.
+
+The tests and ``experiments/verify_rules.py`` sweep this table, so a rule added to
+funcprop without a row here is a rule nobody verifies: add the row with the rule.
+
+Each row's ``make_args(key, dtype)`` returns the positional array arguments; float
+arguments are differentiated, integer ones (class ids) are held fixed. ``kwargs`` are
+the static arguments (an axis, a slope), passed by name to the rule and its twin.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from funcprop.rules.activations import gelu, leaky_relu, relu, sigmoid, softplus, tanh
+from funcprop.rules.linear import dense
+from funcprop.rules.losses import mse, sigmoid_binary_cross_entropy, softmax_cross_entropy
+from funcprop.rules.softmax import log_softmax, softmax
+
+
+class RuleCase(NamedTuple):
+    """One row: a rule with the example inputs it is verified on."""
+
+    name: str
+    rule: Callable[..., jax.Array]
+    make_args: Callable[[jax.Array, Any], tuple]
+    kwargs: dict = {}
+
+    @property
+    def twin(self) -> Callable[..., jax.Array]:
+        """The plain twin: the same forward in jnp, differentiated by JAX."""
+        return self.rule.vjp_rule.twin
+
+    def args(self, key, dtype=jnp.float64) -> tuple:
+        return self.make_args(key, dtype)
+
+
+def _normal(*shapes):
+    """make_args drawing one standard-normal array per shape."""
+
+    def make(key, dtype):
+        keys = jax.random.split(key, len(shapes))
+        return tuple(jax.random.normal(k, s, dtype) for k, s in zip(keys, shapes))
+
+    return make
+
+
+def _logits_and_ids(shape):
+    def make(key, dtype):
+        k1, k2 = jax.random.split(key)
+        ids = jax.random.randint(k2, shape[:-1], 0, shape[-1])
+        return jax.random.normal(k1, shape, dtype), ids
+
+    return make
+
+
+def _logits_and_probs(shape):
+    def make(key, dtype):
+        k1, k2 = jax.random.split(key)
+        probs = jax.nn.softmax(2 * jax.random.normal(k2, shape, dtype))
+        return jax.random.normal(k1, shape, dtype), probs
+
+    return make
+
+
+def _logits_and_unit(shape):
+    def make(key, dtype):
+        k1, k2 = jax.random.split(key)
+        return jax.random.normal(k1, shape, dtype), jax.random.uniform(k2, shape, dtype)
+
+    return make
+
+
+RULES: tuple[RuleCase, ...] = (
+    RuleCase("dense", dense, _normal((5, 3), (4, 3), (4,))),
+    RuleCase("dense/one-example", dense, _normal((3,), (4, 3), (4,))),
+    RuleCase("dense/leading-axes", dense, _normal((2, 5, 3), (7, 3), (7,))),
+    RuleCase("sigmoid", sigmoid, _normal((5, 4))),
+    RuleCase("tanh", tanh, _normal((5, 4))),
+    RuleCase("relu", relu, _normal((5, 4))),
+    RuleCase("leaky_relu", leaky_relu, _normal((5, 4))),
+    RuleCase(
+        "leaky_relu/slope=0.2",
+        leaky_relu,
+        _normal((5, 4)),
+        {"negative_slope": 0.2},
+    ),
+    RuleCase("softplus", softplus, _normal((5, 4))),
+    RuleCase("gelu", gelu, _normal((5, 4))),
+    RuleCase("softmax", softmax, _normal((5, 4))),
+    RuleCase("softmax/axis=0", softmax, _normal((5, 4)), {"axis": 0}),
+    RuleCase("log_softmax", log_softmax, _normal((5, 4))),
+    RuleCase("log_softmax/axis=0", log_softmax, _normal((5, 4)), {"axis": 0}),
+    RuleCase(
+        "softmax_cross_entropy/ids",
+        softmax_cross_entropy,
+        _logits_and_ids((6, 5)),
+    ),
+    RuleCase(
+        "softmax_cross_entropy/probs",
+        softmax_cross_entropy,
+        _logits_and_probs((6, 5)),
+    ),
+    RuleCase("mse", mse, _normal((5, 3), (5, 3))),
+    RuleCase(
+        "sigmoid_binary_cross_entropy",
+        sigmoid_binary_cross_entropy,
+        _logits_and_unit((5, 3)),
+    ),
+)
+
+
+def rule_names() -> list[str]:
+    """The name of every row, in table order."""
+    return [case.name for case in RULES]

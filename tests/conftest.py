@@ -1,0 +1,10 @@
+"""Test configuration: float64 available, strict dtype promotion everywhere.
+
+Strict promotion makes any accidental float32/float64 mix inside a rule an error
+instead of a silent upcast.
+"""
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_dtype_promotion", "strict")

@@ -1,0 +1,71 @@
+"""Naive references for the tests: autodiff VJPs of float arguments, and comparison.
+
+The error measure is the scaled relative error of each element,
+``|a − b| / (|b| + max|b|)``: relative for elements near the largest, absolute
+(relative to the leaf's scale) for elements near zero, where cancellation leaves
+only the rounding of the larger terms.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Tolerances tied to precision: a few thousand ulps of headroom, no more.
+RTOL = {np.dtype("float32"): 1e-5, np.dtype("float64"): 1e-12}
+FD_RTOL = 1e-6  # central differences in float64, step 1e-5: O(h²) + O(eps/h)
+
+
+def is_float(x) -> bool:
+    return jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)
+
+
+def float_argnums(args) -> tuple:
+    return tuple(i for i, a in enumerate(args) if is_float(a))
+
+
+def with_floats(fn, args, kwargs):
+    """fn as a function of its float arguments only (integers held fixed)."""
+    pos = float_argnums(args)
+
+    def f(*floats):
+        full = list(args)
+        for i, x in zip(pos, floats):
+            full[i] = x
+        return fn(*full, **kwargs)
+
+    return f, tuple(args[i] for i in pos)
+
+
+def vjp(fn, args, kwargs, cotangent):
+    """(output, cotangents of the float arguments) by jax.vjp."""
+    f, floats = with_floats(fn, args, kwargs)
+    out, pullback = jax.vjp(f, *floats)
+    return out, pullback(cotangent)
+
+
+def random_like(key, x):
+    x = jnp.asarray(x)
+    return jax.random.normal(key, x.shape, x.dtype)
+
+
+def scaled_relative_error(actual, expected) -> np.ndarray:
+    a = np.asarray(actual, dtype=np.float64)
+    b = np.asarray(expected, dtype=np.float64)
+    denom = np.abs(b) + (np.max(np.abs(b)) if b.size else 0.0)
+    diff = np.abs(a - b)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        err = np.where(diff == 0, 0.0, diff / denom)
+    return np.where(np.isnan(a) != np.isnan(b), np.inf, err)
+
+
+def assert_close(actual, expected, rtol, what=""):
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    err = scaled_relative_error(actual, expected)
+    if err.size and not err.max() <= rtol:
+        i = np.unravel_index(np.argmax(err), err.shape)
+        raise AssertionError(
+            f"{what}: scaled relative error {err.max():.3g} > {rtol:g} at index {i}: "
+            f"got {actual[i]!r}, expected {expected[i]!r}"
+        )

@@ -1,0 +1,44 @@
+"""Class ids out of range under jit, and the check that catches them outside it."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import funcprop as fp
+
+
+def test_out_of_range_ids_contribute_zero_under_jit():
+    logits = jax.random.normal(jax.random.key(0), (4, 3), jnp.float64)
+    ids = jnp.array([0, 2, 3, -1])  # the last two are outside [0, 3)
+    loss, grad = jax.jit(jax.value_and_grad(fp.softmax_cross_entropy))(logits, ids)
+    log_p = jax.nn.log_softmax(logits)
+    expected = -(log_p[0, 0] + log_p[1, 2]) / 4  # still divided by all 4 rows
+    np.testing.assert_allclose(loss, expected, rtol=1e-12)
+    np.testing.assert_array_equal(grad[2:], 0.0)
+    assert np.all(np.isfinite(grad))
+
+
+def test_check_labels_accepts_valid_ids():
+    out = fp.check_labels(jnp.array([0, 1, 2]), 3)
+    np.testing.assert_array_equal(out, [0, 1, 2])
+
+
+@pytest.mark.parametrize("ids, match", [([0, 3], r"labels\[1\] = 3"), ([[0, -1]], r"labels\[0, 1\] = -1")])
+def test_check_labels_names_the_first_bad_id(ids, match):
+    with pytest.raises(ValueError, match=rf"check_labels: 1 of \d labels are outside \[0, 3\).*{match}"):
+        fp.check_labels(np.array(ids), 3)
+
+
+def test_check_labels_rejects_float_labels():
+    with pytest.raises(TypeError, match="check_labels: labels must be integer"):
+        fp.check_labels(np.array([0.0, 1.0]), 3)
+
+
+def test_unnormalised_targets_follow_the_general_formula():
+    """(p Σy − y)/B: equal to p − y on the simplex, and right off it."""
+    logits = jax.random.normal(jax.random.key(1), (3, 4), jnp.float64)
+    y = jax.random.uniform(jax.random.key(2), (3, 4), jnp.float64)  # rows do not sum to 1
+    grad = jax.grad(fp.softmax_cross_entropy)(logits, y)
+    p = jax.nn.softmax(logits)
+    np.testing.assert_allclose(grad, (p * y.sum(-1, keepdims=True) - y) / 3, rtol=1e-12)

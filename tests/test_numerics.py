@@ -1,0 +1,78 @@
+"""Extreme inputs stay finite; the derivative at a kink is the documented one."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import funcprop as fp
+
+DTYPES = pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64], ids=["f32", "f64"])
+EXTREME = [-1e4, -50.0, -1.0, 0.0, 1.0, 50.0, 1e4]
+
+
+def _extreme_logits(dtype):
+    """(7, 3): every row mixes ±1e4 with moderate values."""
+    col = jnp.asarray(EXTREME, dtype)
+    return jnp.stack([col, -col, jnp.roll(col, 2)], axis=1)
+
+
+def _finite_value_and_grads(fn, *args):
+    value, grads = jax.value_and_grad(lambda *a: jnp.sum(fn(*a)), argnums=tuple(range(len(args))))(*args)
+    for leaf in (value, *grads):
+        assert np.all(np.isfinite(np.asarray(leaf))), f"{fn.__name__}: non-finite {leaf}"
+    return value, grads
+
+
+@DTYPES
+@pytest.mark.parametrize("rule", [fp.sigmoid, fp.softplus, fp.log_softmax], ids=lambda r: r.__name__)
+def test_elementwise_extremes_are_finite(rule, dtype):
+    _finite_value_and_grads(rule, _extreme_logits(dtype))
+
+
+@DTYPES
+def test_softmax_cross_entropy_extremes_are_finite(dtype):
+    logits = _extreme_logits(dtype)
+    ids = jnp.array([0, 1, 2, 0, 1, 2, 0])
+    value, (g,) = _finite_value_and_grads(lambda z: fp.softmax_cross_entropy(z, ids), logits)
+    z = np.asarray(logits, np.float64)  # reference: NumPy logsumexp in float64
+    m = z.max(axis=1)
+    lse = m + np.log(np.exp(z - m[:, None]).sum(axis=1))
+    expected = np.mean(lse - z[np.arange(7), np.asarray(ids)])
+    assert float(value) == pytest.approx(expected, rel=1e-6)
+    probs = jax.nn.softmax(logits)
+    _finite_value_and_grads(fp.softmax_cross_entropy, logits, probs)
+
+
+@DTYPES
+def test_sigmoid_binary_cross_entropy_extremes_are_finite(dtype):
+    logits = _extreme_logits(dtype)
+    targets = jnp.broadcast_to(jnp.asarray([0.0, 1.0, 0.5], dtype), logits.shape)
+    value, _ = _finite_value_and_grads(fp.sigmoid_binary_cross_entropy, logits, targets)
+    assert np.isfinite(float(value))
+
+
+@DTYPES
+def test_extreme_gradients_match_their_limits(dtype):
+    z = jnp.asarray([-1e4, 1e4], dtype)
+    assert np.allclose(jax.grad(lambda z: jnp.sum(fp.sigmoid(z)))(z), [0.0, 0.0])
+    assert np.allclose(jax.grad(lambda z: jnp.sum(fp.softplus(z)))(z), [0.0, 1.0])
+
+
+@DTYPES
+def test_relu_kink_derivative_is_zero(dtype):
+    """relu'(0) = 0, by convention; the twin agrees."""
+    f = jnp.asarray([-1.0, 0.0, 1.0], dtype)
+    grad = jax.grad(lambda f: jnp.sum(fp.relu(f)))(f)
+    np.testing.assert_array_equal(grad, np.array([0.0, 0.0, 1.0], dtype))
+    twin = fp.relu.vjp_rule.twin
+    np.testing.assert_array_equal(jax.grad(lambda f: jnp.sum(twin(f)))(f), grad)
+
+
+@DTYPES
+@pytest.mark.parametrize("slope", [0.0, 0.01, 0.3])
+def test_leaky_relu_kink_derivative_is_the_slope(dtype, slope):
+    """leaky_relu'(0) = negative_slope (the left derivative), as for relu."""
+    f = jnp.asarray([-1.0, 0.0, 1.0], dtype)
+    grad = jax.grad(lambda f: jnp.sum(fp.leaky_relu(f, slope)))(f)
+    np.testing.assert_allclose(grad, np.array([slope, slope, 1.0], dtype), rtol=0)
