@@ -8,3 +8,13 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def standard_promotion():
+    """optax mixes Python scalars and int32 counters, which strict promotion rejects."""
+    with jax.numpy_dtype_promotion("standard"):
+        yield

@@ -1,0 +1,41 @@
+"""The console script: output of `funcprop shapes`, one-line errors with exit 2."""
+
+import subprocess
+import sys
+
+import pytest
+
+from funcprop.cli import main
+
+
+def test_shapes_walks_the_seed_network(capsys):
+    assert main(["shapes", "2", "4", "7", "3", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("mlp 2-4-7-3-2")
+    rows = [line.split() for line in lines[3:]]
+    # layer, h, Ω (two tokens), β, f, δ, ∂L/∂Ω (two tokens), ∂L/∂β, ∂L/∂h
+    assert rows[1] == ["1", "(4,)", "(7,", "4)", "(7,)", "(7,)", "(7,)", "(7,", "4)", "(7,)", "(4,)"]
+    assert len(rows) == 4
+
+
+def test_shapes_with_batch(capsys):
+    assert main(["shapes", "2", "4", "7", "3", "2", "--batch", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "batch of 16" in out and "(16, 7)" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["shapes", "2", "x"], "expected a positive integer, got 'x'"),
+        (["shapes", "2"], "shapes needs at least two layer sizes"),
+        (["shapes", "2", "3", "--batch", "0"], "expected a positive integer, got 0"),
+        (["nonsense"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(argv, message):
+    done = subprocess.run([sys.executable, "-m", "funcprop.cli", *argv], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "Traceback" not in done.stderr
