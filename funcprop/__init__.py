@@ -20,9 +20,17 @@ from funcprop.rules import (
     tanh,
 )
 
+from funcprop import backprop, check, checkpoint, data, nn, train  # noqa: E402  (submodules)
+
 __version__ = "0.1.0"
 
 __all__ = [
+    "backprop",
+    "check",
+    "checkpoint",
+    "data",
+    "nn",
+    "train",
     "check_labels",
     "dense",
     "gelu",

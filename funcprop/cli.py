@@ -6,6 +6,7 @@ Bad arguments exit 2 with one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -27,6 +28,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
     return value
 
 
@@ -80,6 +91,105 @@ def _cmd_shapes(args) -> int:
     return 0
 
 
+# --- funcprop verify / train / report ------------------------------------------------
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "momentum", "rmsprop")
+ARCHS = ("mlp", "seed")
+
+
+def _optimizer(name: str, lr: float):
+    import optax
+
+    return {
+        "adam": lambda: optax.adam(lr),
+        "adamw": lambda: optax.adamw(lr, weight_decay=1e-4),
+        "sgd": lambda: optax.sgd(lr),
+        "momentum": lambda: optax.sgd(lr, momentum=0.9, nesterov=True),
+        "rmsprop": lambda: optax.rmsprop(lr),
+    }[name]()
+
+
+def _cmd_verify(args) -> int:
+    import json
+    import pathlib
+
+    from funcprop.verify import verification_markdown, verify_rules
+
+    rows = verify_rules(seed=args.seed)
+    table = verification_markdown(rows)
+    print(table, end="")
+    if args.out:
+        out = pathlib.Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "verify.json").write_text(json.dumps(rows, indent=2))
+        (out / "verify.md").write_text(table)
+    return 0 if all(r["passed"] for r in rows) else 1
+
+
+def _load_dataset(args):
+    from funcprop import data
+
+    if args.dataset == "mnist" and args.data_path is None:
+        raise UsageError("--dataset mnist needs --data-path DIR, a folder with the four MNIST IDX files")
+    try:
+        if args.dataset == "toy":
+            import jax
+
+            return data.toy(jax.random.key(args.seed), kind=args.toy_kind)
+        return data.load(args.dataset, seed=args.seed, path=args.data_path)
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(str(err)) from err
+
+
+def _cmd_train(args) -> int:
+    import json
+    import pathlib
+
+    import jax
+
+    from funcprop import nn, plots, train
+
+    ds = _load_dataset(args)
+    if args.arch == "seed":
+        sizes, activation = [ds.example_shape[0], 4, 7, 3, ds.num_classes], "sigmoid"
+    else:
+        sizes, activation = [ds.example_shape[0], *args.hidden, ds.num_classes], args.activation
+    if len(ds.example_shape) != 1:
+        raise UsageError(f"--arch {args.arch} needs flat examples, but {ds.name} has shape {ds.example_shape}")
+    model = nn.mlp(sizes, activation=activation)
+    _, params = model.init(jax.random.key(args.seed), ds.example_shape)
+    if args.batch_size > ds.x_train.shape[0]:
+        raise UsageError(f"--batch-size {args.batch_size} exceeds the {ds.x_train.shape[0]} training examples")
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = train.train(
+        model, params, _optimizer(args.optimizer, args.lr), ds,
+        epochs=args.epochs, batch_size=args.batch_size, key=jax.random.key(args.seed + 1),
+        gradient=args.gradient, checkpoint_path=out / "checkpoint.npz", resume=args.resume,
+        out_dir=out, progress=not args.no_progress,
+    )
+    title = f"{ds.name}, mlp {'-'.join(map(str, sizes))} {activation}"
+    plots.plot_history(result.history, out / "curves.png", title=title)
+    if ds.example_shape == (2,):
+        plots.plot_decision_boundary(model.apply, result.params, ds.x_test, ds.y_test, out / "boundary.png", title=title)
+    last = result.history[-1] if result.history else {}
+    (out / "config.json").write_text(json.dumps({k: v for k, v in vars(args).items() if k != "run"}, indent=2))
+    print(f"{title}: {len(result.history)} epochs, test accuracy {100 * last.get('test_accuracy', float('nan')):.2f}%, "
+          f"wrote {out}/")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from funcprop.report import main_job
+
+    summary = main_job(args.out, epochs=args.epochs, seed=args.seed, progress=not args.no_progress,
+                       compare_sklearn=not args.no_sklearn)
+    print(f"digits test accuracy {100 * summary['test_accuracy']:.2f}%, "
+          f"{summary['checks_passed']}/{summary['checks']} rule checks passed, "
+          f"{summary['total_wall_s']:.1f} s; report in {args.out}/summary.md")
+    return 0 if summary["checks_passed"] == summary["checks"] else 1
+
+
 # --- the parser -------------------------------------------------------------------
 
 
@@ -92,6 +202,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive_int, default=None, help="a batch size (default: one example)")
     p.add_argument("--activation", default="sigmoid", choices=sorted(_activations()), help="hidden activation")
     p.set_defaults(run=_cmd_shapes)
+
+    p = sub.add_parser("verify", help="verify every rule against autodiff of its twin and finite differences")
+    p.add_argument("--out", default=None, help="also write verify.json and verify.md here")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_cmd_verify)
+
+    from funcprop.data import DATASETS
+    from funcprop.train import GRADIENTS
+
+    p = sub.add_parser("train", help="train a network with optax")
+    p.add_argument("--dataset", choices=DATASETS, default="digits")
+    p.add_argument("--data-path", default=None, help="folder of the MNIST IDX files (for --dataset mnist)")
+    p.add_argument("--toy-kind", choices=("moons", "spirals"), default="moons")
+    p.add_argument("--arch", choices=ARCHS, default="mlp", help="mlp: --hidden widths; seed: the seed's 4-7-3 sigmoid net")
+    p.add_argument("--hidden", type=_positive_int, nargs="*", default=[256, 256], help="hidden widths of the mlp")
+    p.add_argument("--activation", choices=sorted(_activations()), default="relu")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
+    p.add_argument("--lr", type=_positive_float, default=1e-3, help="learning rate")
+    p.add_argument("--epochs", type=_positive_int, default=20)
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--gradient", choices=GRADIENTS, default="rules", help="where gradients come from")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/train", help="output folder (metrics, plots, checkpoint)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=_cmd_train)
+
+    p = sub.add_parser("report", help="the main job: verify every rule, train on digits, write a report")
+    p.add_argument("--out", default="report", help="the report folder")
+    p.add_argument("--epochs", type=_positive_int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-sklearn", action="store_true", help="skip the scikit-learn comparison")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=_cmd_report)
     return parser
 
 
@@ -113,6 +257,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"funcprop {args.command}: interrupted", file=sys.stderr)
         return 130
+    except (OSError, ValueError, TypeError, ImportError, FloatingPointError) as err:
+        if os.environ.get("FUNCPROP_DEBUG"):
+            raise
+        message = " ".join(str(err).split())  # one line
+        print(f"funcprop {args.command}: error: {message} (FUNCPROP_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -39,3 +39,11 @@ def test_bad_arguments_exit_2_with_one_line(argv, message):
     assert message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_readme_shows_the_real_shapes_output(capsys):
+    import pathlib
+
+    readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert main(["shapes", "2", "4", "7", "3", "2"]) == 0
+    assert capsys.readouterr().out.strip() in readme

@@ -5,12 +5,25 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 
 
 def _blocks():
     """(language, body) of every fenced block, in order."""
     return re.findall(r"^```(\w*)\n(.*?)^```", README.read_text(), flags=re.S | re.M)
+
+
+def _python_examples():
+    """(code, the output block right after it, or None)."""
+    blocks = _blocks()
+    found = []
+    for i, (lang, body) in enumerate(blocks):
+        if lang == "python":
+            nxt = blocks[i + 1] if i + 1 < len(blocks) else None
+            found.append((body, nxt[1] if nxt and nxt[0] == "" else None))
+    return found
 
 
 def _run(code: str) -> str:
@@ -20,9 +33,21 @@ def _run(code: str) -> str:
     return done.stdout
 
 
-def test_seed_network_example_prints_what_the_readme_shows():
-    blocks = _blocks()
-    i = next(i for i, (lang, body) in enumerate(blocks) if "sizes = [2, 4, 7, 3, 2]" in body)
-    lang, shown = blocks[i + 1]
-    assert lang == "" and shown.startswith("loss ")
-    assert _run(blocks[i][1]).strip() == shown.strip()
+@pytest.mark.parametrize("code, shown", _python_examples(), ids=lambda x: (x or "").strip().splitlines()[0][:30] if x else "")
+def test_readme_example(code, shown):
+    tests = re.findall(r"^def (test_\w+)\(", code, flags=re.M)
+    prelude = "import jax\njax.config.update('jax_enable_x64', True)\n" if tests else ""
+    out = _run(prelude + code + "".join(f"\n{t}()" for t in tests))
+    if shown is not None:
+        if tests:  # a report table: the same rows, checks and verdicts
+            assert [line.split()[:2] + line.split()[-1:] for line in out.strip().splitlines()[2:]] == \
+                [line.split()[:2] + line.split()[-1:] for line in shown.strip().splitlines()[2:]]
+        else:
+            assert out.strip() == shown.strip()
+
+
+def test_readme_commands_match_ci():
+    text = README.read_text()
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert "python -m pip install -e '.[test]' && python -m pytest" in text
+    assert "python -m pip install -e '.[test]' && python -m pytest" in ci

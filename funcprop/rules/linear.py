@@ -14,7 +14,6 @@ With Δ = ∂L/∂F:
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from funcprop.rules._core import (
     as_float_array,

@@ -1,0 +1,241 @@
+"""Training with any optax optimizer; an epoch is one compiled loop.
+
+The step (gradient, optax update) runs inside ``lax.scan`` over the shuffled
+minibatches of an epoch, so a whole epoch is one call to one compiled function with
+the training state donated: Python is not in the per-step path.
+
+The gradient comes from one of three sources, which reach the same parameters:
+
+- ``"rules"`` (default): ``jax.value_and_grad`` through the model, which runs the
+  hand-written backward of every rule;
+- ``"twins"``: ``jax.value_and_grad`` through the plain twins, JAX's own autodiff;
+- ``"backprop"``: :func:`funcprop.backprop.value_and_grad`, the written-out recursion.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import pathlib
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from funcprop import backprop, checkpoint, nn
+from funcprop.rules.losses import softmax_cross_entropy
+
+GRADIENTS = ("rules", "twins", "backprop")
+
+
+class TrainState(NamedTuple):
+    """Everything a run needs to go on: a checkpoint holds exactly this."""
+
+    params: Any  # the model's parameter pytree
+    opt_state: Any  # the optax state
+    key: jax.Array  # typed PRNG key for the next epoch's shuffle
+    epoch: jax.Array  # int32 (), epochs completed
+
+
+class TrainResult(NamedTuple):
+    params: Any
+    opt_state: Any
+    history: list  # one dict per epoch: epoch, train_loss, test_loss, test_accuracy, ...
+
+
+def loss_and_grad(model, loss: Callable = softmax_cross_entropy, gradient: str = "rules"):
+    """``fn(params, x, y) -> (loss, grads)`` from the chosen source.
+
+    Args:
+      model: a ``Layer``, or an apply function ``apply(params, x)`` (``"rules"`` only).
+      loss: a funcprop loss rule.
+      gradient: ``"rules"``, ``"twins"`` or ``"backprop"``.
+    """
+    if gradient not in GRADIENTS:
+        raise ValueError(f"loss_and_grad: gradient must be one of {GRADIENTS}, got {gradient!r}")
+    is_layer = isinstance(model, tuple) and len(model) == 2
+    apply = model.apply if is_layer else model
+    if not callable(apply):
+        raise TypeError(f"loss_and_grad: model must be a Layer or an apply function, got {type(model).__name__}")
+    if gradient != "rules" and not is_layer:
+        raise TypeError(
+            f"loss_and_grad: gradient={gradient!r} needs a funcprop.nn Layer, got a bare function; "
+            f"pass the Layer, or use gradient='rules'"
+        )
+    if gradient == "backprop":
+        return backprop.value_and_grad(model, loss)
+    if gradient == "twins":
+        apply, loss = nn.twin(model), loss.vjp_rule.twin
+    return jax.value_and_grad(lambda params, x, y: loss(apply(params, x), y))
+
+
+def make_epoch(grad_fn, optimizer: optax.GradientTransformation, n_examples: int, batch_size: int):
+    """A jitted ``epoch(state, x, y) -> (state, mean train loss)``, state donated.
+
+    The examples are shuffled with the state's key; ``n_examples // batch_size`` full
+    minibatches are taken (the shuffled remainder is left out this epoch), and
+    ``lax.scan`` runs the steps.
+    """
+    n_batches = n_examples // batch_size
+
+    def step(carry, idx, x, y):
+        params, opt_state = carry
+        value, grads = grad_fn(params, x[idx], y[idx])
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), value
+
+    def epoch(state: TrainState, x, y):
+        key, shuffle_key = jax.random.split(state.key)
+        order = jax.random.permutation(shuffle_key, n_examples)[: n_batches * batch_size]
+        (params, opt_state), losses = jax.lax.scan(
+            lambda c, i: step(c, i, x, y), (state.params, state.opt_state), order.reshape(n_batches, batch_size)
+        )
+        return TrainState(params, opt_state, key, state.epoch + 1), jnp.mean(losses)
+
+    return jax.jit(epoch, donate_argnums=0)
+
+
+def make_evaluate(apply, loss: Callable = softmax_cross_entropy):
+    """A jitted ``evaluate(params, x, y) -> (mean loss, accuracy)``; accuracy for class ids."""
+
+    def evaluate(params, x, y):
+        out = apply(params, x)
+        if jnp.issubdtype(y.dtype, jnp.integer):
+            accuracy = jnp.mean(jnp.argmax(out, axis=-1) == y)
+        else:
+            accuracy = jnp.mean((out > 0) == (y > 0.5))
+        return loss(out, y), accuracy
+
+    return jax.jit(evaluate)
+
+
+
+def train(
+    model,
+    params,
+    optimizer: optax.GradientTransformation,
+    data,
+    *,
+    epochs: int,
+    batch_size: int = 64,
+    key,
+    loss: Callable = softmax_cross_entropy,
+    gradient: str = "rules",
+    checkpoint_path=None,
+    resume: bool = False,
+    out_dir=None,
+    progress: bool = True,
+    target_accuracy: float | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``data`` with ``optimizer``; deterministic for a given key.
+
+    Args:
+      model: a ``Layer`` or an apply function.
+      params: the initial parameters (``model.init(...)[1]``).
+      optimizer: any ``optax.GradientTransformation``.
+      data: a :class:`funcprop.data.Dataset` (x_train, y_train, x_test, y_test).
+      epochs: the total number of epochs (a resumed run goes on up to this).
+      batch_size: the minibatch size; at most the number of training examples.
+      key: a typed PRNG key (``jax.random.key``) for the shuffles.
+      loss: a funcprop loss rule.
+      gradient: ``"rules"``, ``"twins"`` or ``"backprop"`` (see the module docstring).
+      checkpoint_path: if given, the state is saved there after every epoch,
+        atomically and verified (:mod:`funcprop.checkpoint`).
+      resume: continue from ``checkpoint_path`` if it exists.
+      out_dir: if given, the history is written there as ``metrics.json`` and
+        ``metrics.csv``.
+      progress: show a progress bar over epochs (tqdm).
+      target_accuracy: if given, record in each epoch's row whether it was reached,
+        and the wall time at which it first was (``time_to_target_s``).
+
+    Returns:
+      TrainResult(params, opt_state, history). Each history row holds epoch,
+      train_loss, test_loss, test_accuracy, epoch_time_s and elapsed_s (wall time since
+      the call began, compilation included).
+    """
+    x_train, y_train = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    n = x_train.shape[0]
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"train: epochs must be an int >= 0, got {epochs!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= n:
+        raise ValueError(f"train: batch_size must be an int in [1, {n}] (the training set size), got {batch_size!r}")
+    if not (isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)):
+        raise TypeError(f"train: key must be a typed PRNG key from jax.random.key(seed), got {key!r}")
+    apply = model.apply if isinstance(model, tuple) else model
+    epoch_fn = make_epoch(loss_and_grad(model, loss, gradient), optimizer, n, batch_size)
+    evaluate = make_evaluate(apply, loss)
+    x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
+
+    state = TrainState(params, optimizer.init(params), key, jnp.zeros((), jnp.int32))
+    history: list = []
+    if resume and checkpoint_path is not None and pathlib.Path(checkpoint_path).exists():
+        state, meta = checkpoint.load(checkpoint_path, like=state)
+        history = list(meta.get("history", []))
+
+    start = time.perf_counter()
+    offset = history[-1]["elapsed_s"] if history else 0.0
+    reached = next((r["elapsed_s"] for r in history if r.get("reached_target")), None)
+    bar = _progress(range(int(state.epoch), epochs), progress)
+    for _ in bar:
+        t0 = time.perf_counter()
+        state, train_loss = epoch_fn(state, x_train, y_train)
+        test_loss, test_accuracy = evaluate(state.params, x_test, y_test)
+        row = {
+            "epoch": int(state.epoch),
+            "train_loss": float(train_loss),
+            "test_loss": float(test_loss),
+            "test_accuracy": float(test_accuracy),
+            "epoch_time_s": time.perf_counter() - t0,
+            "elapsed_s": offset + time.perf_counter() - start,
+        }
+        if target_accuracy is not None:
+            row["reached_target"] = row["test_accuracy"] >= target_accuracy
+            if row["reached_target"] and reached is None:
+                reached = row["elapsed_s"]
+            row["time_to_target_s"] = reached
+        history.append(row)
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{row['train_loss']:.4f}", acc=f"{row['test_accuracy']:.4f}")
+        if not all(math.isfinite(row[k]) for k in ("train_loss", "test_loss")):
+            raise FloatingPointError(
+                f"train: the loss became {row['train_loss']} at epoch {row['epoch']}; "
+                f"lower the learning rate or check the data"
+            )
+        if checkpoint_path is not None:
+            checkpoint.save(checkpoint_path, state, metadata={"history": history})
+    if out_dir is not None:
+        write_history(history, out_dir)
+    return TrainResult(state.params, state.opt_state, history)
+
+
+def _progress(epochs, enabled: bool):
+    if not enabled:
+        return epochs
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # the bar is a nicety; training goes on without it
+        return epochs
+    return tqdm(epochs, desc="epochs", unit="epoch", leave=False, disable=None)  # None: off without a terminal
+
+
+def write_history(history: list, out_dir) -> tuple[pathlib.Path, pathlib.Path]:
+    """Write the metrics history as ``metrics.json`` and ``metrics.csv`` in out_dir."""
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, csv_path = out / "metrics.json", out / "metrics.csv"
+    json_path.write_text(json.dumps(history, indent=2))
+    fields = list(dict.fromkeys(k for row in history for k in row))
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(history)
+    return json_path, csv_path
+
+
+def accuracy(apply, params, x, y) -> float:
+    """The fraction of examples whose argmax logit is the label."""
+    return float(np.mean(np.asarray(jnp.argmax(apply(params, jnp.asarray(x)), -1)) == np.asarray(y)))

@@ -1,0 +1,99 @@
+"""Training: the three gradient sources agree, runs are deterministic, resume is exact."""
+
+import json
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from funcprop import data, nn, train
+
+pytestmark = pytest.mark.usefixtures("standard_promotion")
+
+
+@pytest.fixture(scope="module")
+def toy_data():
+    return data.toy(jax.random.key(0), n=200)
+
+
+def _setup(ds, activation="tanh"):
+    model = nn.mlp([2, 8, 8, 2], activation=activation)
+    _, params = model.init(jax.random.key(1), (2,))
+    return model, params
+
+
+def _run(ds, epochs=3, **kw):
+    model, params = _setup(ds)
+    return train.train(model, params, optax.adam(1e-2), ds, epochs=epochs, batch_size=16,
+                       key=jax.random.key(2), progress=False, **kw)
+
+
+def test_three_gradient_sources_reach_the_same_parameters(toy_data):
+    results = {g: _run(toy_data, gradient=g) for g in train.GRADIENTS}
+    ref = jax.tree.leaves(results["twins"].params)
+    for g in ("rules", "backprop"):
+        for a, b in zip(jax.tree.leaves(results[g].params), ref):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=g)
+
+
+def test_training_is_deterministic_and_learns(toy_data):
+    a, b = _run(toy_data, epochs=15), _run(toy_data, epochs=15)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_array_equal(x, y)
+    assert [r["train_loss"] for r in a.history] == [r["train_loss"] for r in b.history]
+    assert a.history[-1]["train_loss"] < 0.5 * a.history[0]["train_loss"]
+    assert a.history[-1]["test_accuracy"] > 0.8
+
+
+def test_resume_ends_bit_for_bit_where_an_uninterrupted_run_ends(toy_data, tmp_path):
+    straight = _run(toy_data, epochs=4)
+    path = tmp_path / "state.npz"
+    _run(toy_data, epochs=2, checkpoint_path=path)
+    resumed = _run(toy_data, epochs=4, checkpoint_path=path, resume=True)
+    for x, y in zip(jax.tree.leaves((straight.params, straight.opt_state)), jax.tree.leaves((resumed.params, resumed.opt_state))):
+        np.testing.assert_array_equal(x, y)
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in straight.history]
+
+
+def test_history_is_written_as_json_and_csv(toy_data, tmp_path):
+    result = _run(toy_data, epochs=2, out_dir=tmp_path, target_accuracy=0.0)
+    rows = json.loads((tmp_path / "metrics.json").read_text())
+    assert rows == result.history
+    assert set(rows[0]) >= {"epoch", "train_loss", "test_loss", "test_accuracy", "epoch_time_s", "elapsed_s"}
+    assert rows[0]["time_to_target_s"] == rows[0]["elapsed_s"]  # accuracy ≥ 0 at once
+    csv_lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("epoch,train_loss") and len(csv_lines) == 3
+
+
+def test_train_accepts_an_apply_function(toy_data):
+    model, params = _setup(toy_data)
+    result = train.train(model.apply, params, optax.sgd(0.1), toy_data, epochs=1, batch_size=32,
+                         key=jax.random.key(0), progress=False)
+    assert np.isfinite(result.history[0]["train_loss"])
+    with pytest.raises(TypeError, match=r"gradient='backprop' needs a funcprop.nn Layer"):
+        train.loss_and_grad(model.apply, gradient="backprop")
+
+
+@pytest.mark.parametrize(
+    "kwargs, exception, pattern",
+    [
+        ({"batch_size": 10_000}, ValueError, r"train: batch_size must be an int in \[1, 150\]"),
+        ({"epochs": -1}, ValueError, r"train: epochs must be an int >= 0"),
+        ({"key": 0}, TypeError, r"train: key must be a typed PRNG key"),
+        ({"gradient": "finite"}, ValueError, r"gradient must be one of"),
+    ],
+)
+def test_bad_arguments(toy_data, kwargs, exception, pattern):
+    model, params = _setup(toy_data)
+    args = {"epochs": 1, "batch_size": 16, "key": jax.random.key(0), "progress": False, **kwargs}
+    with pytest.raises(exception, match=pattern):
+        train.train(model, params, optax.sgd(0.1), toy_data, **args)
+
+
+def test_divergence_is_reported(toy_data):
+    model, params = _setup(toy_data, activation="relu")
+    with pytest.raises(FloatingPointError, match=r"train: the loss became"):
+        train.train(model, jax.tree.map(lambda p: p * 1e30, params), optax.sgd(1e30), toy_data,
+                    epochs=3, batch_size=16, key=jax.random.key(0), progress=False)
