@@ -5,6 +5,9 @@ Every primitive is a ``jax.custom_vjp`` whose backward is the hand-derived formu
 """
 
 from funcprop.rules import (
+    avg_pool2d,
+    conv2d,
+    max_pool2d,
     check_labels,
     dense,
     gelu,
@@ -25,6 +28,9 @@ from funcprop import backprop, check, checkpoint, data, nn, train  # noqa: E402 
 __version__ = "0.1.0"
 
 __all__ = [
+    "avg_pool2d",
+    "conv2d",
+    "max_pool2d",
     "backprop",
     "check",
     "checkpoint",

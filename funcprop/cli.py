@@ -94,7 +94,7 @@ def _cmd_shapes(args) -> int:
 # --- funcprop verify / train / report ------------------------------------------------
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "momentum", "rmsprop")
-ARCHS = ("mlp", "seed")
+ARCHS = ("mlp", "seed", "cnn")
 
 
 def _optimizer(name: str, lr: float):
@@ -135,8 +135,10 @@ def _load_dataset(args):
         if args.dataset == "toy":
             import jax
 
+            if args.arch == "cnn":
+                raise UsageError("--arch cnn needs images; the toy dataset is 2-D points (use digits or mnist)")
             return data.toy(jax.random.key(args.seed), kind=args.toy_kind)
-        return data.load(args.dataset, seed=args.seed, path=args.data_path)
+        return data.load(args.dataset, seed=args.seed, path=args.data_path, image=args.arch == "cnn")
     except (FileNotFoundError, ValueError) as err:
         raise UsageError(str(err)) from err
 
@@ -150,13 +152,14 @@ def _cmd_train(args) -> int:
     from funcprop import nn, plots, train
 
     ds = _load_dataset(args)
-    if args.arch == "seed":
-        sizes, activation = [ds.example_shape[0], 4, 7, 3, ds.num_classes], "sigmoid"
+    if args.arch == "cnn":
+        model, title = nn.cnn(ds.num_classes), f"{ds.name}, cnn"
     else:
-        sizes, activation = [ds.example_shape[0], *args.hidden, ds.num_classes], args.activation
-    if len(ds.example_shape) != 1:
-        raise UsageError(f"--arch {args.arch} needs flat examples, but {ds.name} has shape {ds.example_shape}")
-    model = nn.mlp(sizes, activation=activation)
+        if args.arch == "seed":
+            sizes, activation = [ds.example_shape[0], 4, 7, 3, ds.num_classes], "sigmoid"
+        else:
+            sizes, activation = [ds.example_shape[0], *args.hidden, ds.num_classes], args.activation
+        model, title = nn.mlp(sizes, activation=activation), f"{ds.name}, mlp {'-'.join(map(str, sizes))} {activation}"
     _, params = model.init(jax.random.key(args.seed), ds.example_shape)
     if args.batch_size > ds.x_train.shape[0]:
         raise UsageError(f"--batch-size {args.batch_size} exceeds the {ds.x_train.shape[0]} training examples")
@@ -168,7 +171,6 @@ def _cmd_train(args) -> int:
         gradient=args.gradient, checkpoint_path=out / "checkpoint.npz", resume=args.resume,
         out_dir=out, progress=not args.no_progress,
     )
-    title = f"{ds.name}, mlp {'-'.join(map(str, sizes))} {activation}"
     plots.plot_history(result.history, out / "curves.png", title=title)
     if ds.example_shape == (2,):
         plots.plot_decision_boundary(model.apply, result.params, ds.x_test, ds.y_test, out / "boundary.png", title=title)
@@ -215,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=DATASETS, default="digits")
     p.add_argument("--data-path", default=None, help="folder of the MNIST IDX files (for --dataset mnist)")
     p.add_argument("--toy-kind", choices=("moons", "spirals"), default="moons")
-    p.add_argument("--arch", choices=ARCHS, default="mlp", help="mlp: --hidden widths; seed: the seed's 4-7-3 sigmoid net")
+    p.add_argument("--arch", choices=ARCHS, default="mlp", help="mlp: --hidden widths; seed: the seed's 4-7-3 sigmoid net; cnn: conv32-conv64-pool-128")
     p.add_argument("--hidden", type=_positive_int, nargs="*", default=[256, 256], help="hidden widths of the mlp")
     p.add_argument("--activation", choices=sorted(_activations()), default="relu")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")

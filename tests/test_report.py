@@ -58,3 +58,16 @@ def test_train_command_reports_a_missing_mnist_folder(tmp_path, capsys):
     assert main(["train", "--dataset", "mnist", "--data-path", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("funcprop train: error: mnist:") and "\n" not in err
+
+
+def test_train_command_cnn_on_digits(tmp_path, capsys):
+    argv = ["train", "--dataset", "digits", "--arch", "cnn", "--epochs", "1", "--out", str(tmp_path), "--no-progress"]
+    assert main(argv) == 0
+    history = json.loads((tmp_path / "metrics.json").read_text())
+    assert history[0]["test_accuracy"] > 0.5
+    assert "digits, cnn" in capsys.readouterr().out
+
+
+def test_train_digits_rejects_an_unknown_arch(tmp_path):
+    with pytest.raises(ValueError, match=r"train_digits: arch must be 'mlp' or 'cnn', got 'rnn'"):
+        report.train_digits(tmp_path, arch="rnn")

@@ -2,6 +2,7 @@
 
 from funcprop.rules._core import VJPRule
 from funcprop.rules.activations import gelu, leaky_relu, relu, sigmoid, softplus, tanh
+from funcprop.rules.conv import conv2d
 from funcprop.rules.linear import dense
 from funcprop.rules.losses import (
     check_labels,
@@ -9,10 +10,14 @@ from funcprop.rules.losses import (
     sigmoid_binary_cross_entropy,
     softmax_cross_entropy,
 )
+from funcprop.rules.pool import avg_pool2d, max_pool2d
 from funcprop.rules.softmax import log_softmax, softmax
 
 __all__ = [
     "VJPRule",
+    "avg_pool2d",
+    "conv2d",
+    "max_pool2d",
     "check_labels",
     "dense",
     "gelu",

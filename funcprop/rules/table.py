@@ -16,8 +16,10 @@ import jax
 import jax.numpy as jnp
 
 from funcprop.rules.activations import gelu, leaky_relu, relu, sigmoid, softplus, tanh
+from funcprop.rules.conv import conv2d
 from funcprop.rules.linear import dense
 from funcprop.rules.losses import mse, sigmoid_binary_cross_entropy, softmax_cross_entropy
+from funcprop.rules.pool import avg_pool2d, max_pool2d
 from funcprop.rules.softmax import log_softmax, softmax
 
 
@@ -110,6 +112,23 @@ RULES: tuple[RuleCase, ...] = (
         sigmoid_binary_cross_entropy,
         _logits_and_unit((5, 3)),
     ),
+    # conv2d: strides 1 and 2, VALID / SAME / explicit padding, odd sizes, c_in ≠ c_out,
+    # a non-square kernel, batch 1, one example
+    RuleCase("conv2d", conv2d, _normal((2, 7, 5, 3), (3, 3, 3, 4), (4,))),
+    RuleCase("conv2d/stride=2,SAME", conv2d, _normal((2, 7, 6, 3), (3, 3, 3, 4), (4,)), {"stride": 2, "padding": "SAME"}),
+    RuleCase(
+        "conv2d/stride=(2,1),explicit",
+        conv2d,
+        _normal((1, 8, 7, 2), (2, 3, 2, 5), (5,)),
+        {"stride": (2, 1), "padding": ((1, 2), (0, 1))},
+    ),
+    RuleCase("conv2d/stride=3,VALID", conv2d, _normal((2, 9, 8, 2), (3, 2, 2, 3), (3,)), {"stride": 3}),
+    RuleCase("conv2d/one-example", conv2d, _normal((6, 5, 2), (3, 3, 2, 3), (3,)), {"padding": "SAME"}),
+    RuleCase("max_pool2d", max_pool2d, _normal((2, 6, 6, 3)), {"window": 2}),
+    RuleCase("max_pool2d/odd,overlap", max_pool2d, _normal((2, 7, 5, 2)), {"window": (3, 2), "stride": (2, 1)}),
+    RuleCase("max_pool2d/one-example", max_pool2d, _normal((5, 5, 2)), {"window": 2}),
+    RuleCase("avg_pool2d", avg_pool2d, _normal((2, 6, 6, 3)), {"window": 2}),
+    RuleCase("avg_pool2d/odd,overlap", avg_pool2d, _normal((1, 7, 5, 2)), {"window": (3, 2), "stride": (2, 1)}),
 )
 
 
