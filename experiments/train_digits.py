@@ -25,8 +25,12 @@ def main(argv=None):
     summary["sklearn"] = sklearn_time_to_accuracy(seed=args.seed)
     pathlib.Path(args.out, "digits.json").write_text(json.dumps(summary, indent=2))
     sk = summary["sklearn"]
-    print(f"funcprop: test accuracy {100 * summary['test_accuracy']:.2f}%, 97% after {summary['time_to_target_s']:.2f} s "
-          f"(compilation included); scikit-learn: 97% after {sk['time_to_target_s']:.2f} s ({sk['epochs']} epochs)")
+
+    def secs(x):
+        return "not reached" if x is None else f"{x:.2f} s"
+
+    print(f"funcprop: test accuracy {100 * summary['test_accuracy']:.2f}%, 97% after {secs(summary['time_to_target_s'])} "
+          f"(compilation included); scikit-learn: 97% after {secs(sk['time_to_target_s'])} ({sk['epochs']} epochs)")
 
 
 if __name__ == "__main__":

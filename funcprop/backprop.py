@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from funcprop.nn import Layer, layer_name
+from funcprop.nn.compose import located
 from funcprop.rules.activations import sigmoid
 from funcprop.rules.linear import dense
 
@@ -70,8 +71,9 @@ def _forward(layer: Layer, params, x):
                 f"got {type(params).__name__}"
             )
         tapes = []
-        for sub, p in zip(sublayers, params):
-            x, tape = _forward(sub, p, x)
+        for i, (sub, p) in enumerate(zip(sublayers, params)):
+            with located(i, sub):
+                x, tape = _forward(sub, p, x)
             tapes.append(tape)
         return x, tapes
     y, residuals = _leaf_rules(layer).fwd(params, x)
@@ -84,8 +86,9 @@ def _backward(layer: Layer, params, tape, y_bar, traces: list):
     if sublayers is not None:
         grads = [None] * len(sublayers)
         for i in reversed(range(len(sublayers))):
-            grads[i], y_bar = _backward(sublayers[i], params[i], tape[i], y_bar, traces)
-        return tuple(grads), y_bar
+            with located(i, sublayers[i]):
+                grads[i], y_bar = _backward(sublayers[i], params[i], tape[i], y_bar, traces)
+        return type(params)(grads), y_bar  # a list for list params, as jax.grad gives
     x, y, residuals = tape
     params_bar, x_bar = _leaf_rules(layer).bwd(params, residuals, y_bar)
     traces.append((layer_name(layer), x, y, x_bar, y_bar))

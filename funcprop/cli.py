@@ -31,6 +31,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected a seed in [0, 2**32), got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -170,6 +180,7 @@ def _cmd_train(args) -> int:
         epochs=args.epochs, batch_size=args.batch_size, key=jax.random.key(args.seed + 1),
         gradient=args.gradient, checkpoint_path=out / "checkpoint.npz", resume=args.resume,
         out_dir=out, progress=not args.no_progress,
+        config={k: v for k, v in vars(args).items() if k not in ("run", "epochs", "resume", "no_progress", "out")},
     )
     plots.plot_history(result.history, out / "curves.png", title=title)
     if ds.example_shape == (2,):
@@ -192,6 +203,17 @@ def _cmd_report(args) -> int:
     return 0 if summary["checks_passed"] == summary["checks"] else 1
 
 
+def _cmd_bench(args) -> int:
+    from funcprop import bench, bench_torch
+
+    if args.torch and not bench_torch.available():
+        raise UsageError("--torch needs PyTorch installed (pip install torch)")
+    with_torch = False if args.no_torch else (True if args.torch else None)
+    bench.run(args.out, quick=args.quick, rounds=args.rounds, with_torch=with_torch)
+    print(f"wrote {args.out}/benchmark.{{json,md,png}}")
+    return 0
+
+
 # --- the parser -------------------------------------------------------------------
 
 
@@ -207,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="verify every rule against autodiff of its twin and finite differences")
     p.add_argument("--out", default=None, help="also write verify.json and verify.md here")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.set_defaults(run=_cmd_verify)
 
     from funcprop.data import DATASETS
@@ -225,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int, default=20)
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--gradient", choices=GRADIENTS, default="rules", help="where gradients come from")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", default="runs/train", help="output folder (metrics, plots, checkpoint)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -234,10 +256,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="the main job: verify every rule, train on digits, write a report")
     p.add_argument("--out", default="report", help="the report folder")
     p.add_argument("--epochs", type=_positive_int, default=40)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--no-sklearn", action="store_true", help="skip the scikit-learn comparison")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=_cmd_report)
+
+    p = sub.add_parser("bench", help="time a training step: rules vs jax.grad vs backprop vs PyTorch")
+    p.add_argument("--out", default="runs/bench", help="output folder (benchmark.json, .md, .png)")
+    p.add_argument("--quick", action="store_true", help="small cases, few rounds: a smoke run of seconds")
+    p.add_argument("--rounds", type=_positive_int, default=None, help="interleaved rounds (default 15, quick 3)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--torch", action="store_true", help="require PyTorch (default: use it if installed)")
+    group.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
+    p.set_defaults(run=_cmd_bench)
     return parser
 
 

@@ -88,3 +88,24 @@ def plot_scaling(rows: list, path, title: str = "Jacobian chain vs VJP") -> path
     out = _save(fig, path)
     plt.close(fig)
     return out
+
+
+def plot_benchmark(report: dict, path) -> pathlib.Path:
+    """Step time of every variant relative to jax.grad, one group of bars per case."""
+    import numpy as np
+
+    plt = _pyplot()
+    cases = report["cases"]
+    labels = list(dict.fromkeys(label for c in cases for label in c["variants"]))
+    fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(cases)), 4))
+    width = 0.8 / len(labels)
+    for k, label in enumerate(labels):
+        ratios = [c["variants"].get(label, {}).get("ratio_to_jax_grad", np.nan) for c in cases]
+        ax.bar(np.arange(len(cases)) + k * width, ratios, width, label=label)
+    ax.axhline(1.0, color="k", linewidth=0.8)
+    ax.set_xticks(np.arange(len(cases)) + width * (len(labels) - 1) / 2, [c["case"] for c in cases], fontsize=8)
+    ax.set(yscale="log", ylabel="step time ÷ jax.grad (log)", title=f"training step, {report['device']}")
+    ax.legend(fontsize=8)
+    out = _save(fig, path)
+    plt.close(fig)
+    return out

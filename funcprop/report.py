@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import optax
 
-from funcprop import checkpoint, data, nn, plots, train
+from funcprop import data, nn, plots, train
 from funcprop.rules.table import RULES
 from funcprop.verify import verification_markdown, verify_rules
 
@@ -57,15 +57,12 @@ def train_digits(
     ds = data.digits(seed=seed, image=image)
     _, params = model.init(jax.random.key(seed), ds.example_shape)
     optimizer = optax.adamw(learning_rate, weight_decay=1e-4)
+    ckpt = out / "checkpoint.npz"  # the full TrainState, resumable with train(..., resume=True)
     result = train.train(
         model, params, optimizer, ds,
         epochs=epochs, batch_size=batch_size, key=jax.random.key(seed + 1),
-        gradient=gradient, out_dir=out, progress=progress, target_accuracy=target,
-    )
-    ckpt = checkpoint.save(
-        out / "checkpoint.npz",
-        {"params": result.params, "opt_state": result.opt_state},
-        metadata={"model": description, "epochs": epochs, "seed": seed},
+        gradient=gradient, out_dir=out, progress=progress, target_accuracy=target, checkpoint_path=ckpt,
+        config={"model": description, "seed": seed, "batch_size": batch_size, "learning_rate": learning_rate},
     )
     plots.plot_history(result.history, out / "curves.png", title=f"digits, {description}")
     last = result.history[-1]
@@ -179,8 +176,8 @@ def summary_markdown(summary: dict, rows: list) -> str:
         "",
         "![loss and accuracy](curves.png)",
         "",
-        "Files: `metrics.json`, `metrics.csv` (per epoch), `checkpoint.npz` (params and optimizer "
-        "state, checksummed), `verify.json`.",
+        "Files: `metrics.json`, `metrics.csv` (per epoch), `checkpoint.npz` (params, optimizer "
+        "state, key and epoch, checksummed), `verify.json`.",
         "",
     ]
     return "\n".join(lines)

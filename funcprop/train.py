@@ -130,6 +130,7 @@ def train(
     out_dir=None,
     progress: bool = True,
     target_accuracy: float | None = None,
+    config: dict | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``data`` with ``optimizer``; deterministic for a given key.
 
@@ -151,6 +152,10 @@ def train(
       progress: show a progress bar over epochs (tqdm).
       target_accuracy: if given, record in each epoch's row whether it was reached,
         and the wall time at which it first was (``time_to_target_s``).
+      config: JSON-serialisable settings stored in the checkpoint; resuming with
+        different values of the same keys raises ValueError.
+
+    ``params`` and ``key`` are copied, not consumed: the caller can train again from them.
 
     Returns:
       TrainResult(params, opt_state, history). Each history row holds epoch,
@@ -170,11 +175,21 @@ def train(
     evaluate = make_evaluate(apply, loss)
     x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
 
-    state = TrainState(params, optimizer.init(params), key, jnp.zeros((), jnp.int32))
+    # the epoch donates its state: copy, so the caller's params and key stay usable
+    state = jax.tree.map(jnp.copy, TrainState(params, optimizer.init(params), key, jnp.zeros((), jnp.int32)))
     history: list = []
+    config = {} if config is None else dict(config)
     if resume and checkpoint_path is not None and pathlib.Path(checkpoint_path).exists():
         state, meta = checkpoint.load(checkpoint_path, like=state)
         history = list(meta.get("history", []))
+        saved = meta.get("config", {})
+        changed = {k: (saved.get(k), v) for k, v in config.items() if k in saved and saved[k] != v}
+        if changed:
+            listed = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in changed.items())
+            raise ValueError(
+                f"train: the checkpoint {checkpoint_path} was written with other settings ({listed}); "
+                f"resume with the same settings, or start a new run elsewhere"
+            )
 
     start = time.perf_counter()
     offset = history[-1]["elapsed_s"] if history else 0.0
@@ -206,7 +221,7 @@ def train(
                 f"lower the learning rate or check the data"
             )
         if checkpoint_path is not None:
-            checkpoint.save(checkpoint_path, state, metadata={"history": history})
+            checkpoint.save(checkpoint_path, state, metadata={"history": history, "config": config})
     if out_dir is not None:
         write_history(history, out_dir)
     return TrainResult(state.params, state.opt_state, history)

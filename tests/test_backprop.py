@@ -119,3 +119,17 @@ def test_jacobian_formulation_equals_vjp_and_autodiff(activation):
     assert jac_w.shape == (n, m)
     for got, want, what in [(jac_w, ref_w, "Jacobian dC/dΩ"), (vjp_w, ref_w, "VJP δ xᵀ"), (jac_b, ref_b, "Jacobian dC/dβ"), (vjp_b, ref_b, "VJP δ")]:
         assert_close(got, want, F64, what)
+
+
+def test_backprop_shape_errors_name_the_layer_position():
+    model = nn.serial(nn.Dense(3), nn.Relu(), nn.Dense(3))
+    _, params = model.init(jax.random.key(0), (4,))
+    bad = (params[0], params[1], nn.DenseParams(jnp.ones((3, 4), jnp.float32), jnp.ones(3, jnp.float32)))
+    with pytest.raises(ValueError, match=r"serial layer 2 \(Dense\(3\)\): Dense\(3\): input has shape \(2, 3\)"):
+        backprop.value_and_grad(model, fp.mse)(bad, jnp.ones((2, 4), jnp.float32), jnp.ones((2, 3), jnp.float32))
+
+
+def test_backprop_keeps_a_list_of_params_a_list():
+    model, params, x, y = _problem("tanh", "mse")
+    _, grads = backprop.value_and_grad(model, fp.mse)(list(params), x, y)
+    assert isinstance(grads, list) and jax.tree.structure(grads) == jax.tree.structure(list(params))

@@ -47,3 +47,11 @@ def test_readme_shows_the_real_shapes_output(capsys):
     readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert main(["shapes", "2", "4", "7", "3", "2"]) == 0
     assert capsys.readouterr().out.strip() in readme
+
+
+@pytest.mark.parametrize("seed", ["-1", "99999999999999999999", "x"])
+def test_bad_seed_exits_2_naming_the_flag(seed, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--seed", seed])
+    assert stop.value.code == 2
+    assert "argument --seed" in capsys.readouterr().err

@@ -42,3 +42,20 @@ def test_unnormalised_targets_follow_the_general_formula():
     grad = jax.grad(fp.softmax_cross_entropy)(logits, y)
     p = jax.nn.softmax(logits)
     np.testing.assert_allclose(grad, (p * y.sum(-1, keepdims=True) - y) / 3, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [jnp.uint8, jnp.int8, jnp.int16])
+def test_narrow_integer_labels_do_not_wrap(dtype):
+    logits = jax.random.normal(jax.random.key(3), (2, 300), jnp.float64)
+    ids = jnp.array([5, 100], dtype)
+    expected = fp.softmax_cross_entropy(logits, ids.astype(jnp.int32))
+    np.testing.assert_allclose(fp.softmax_cross_entropy(logits, ids), expected, rtol=1e-12)
+    grad = jax.grad(fp.softmax_cross_entropy)(logits, ids)
+    assert int(jnp.sum(grad < 0)) == 2  # exactly one negative entry per row: p − y at the label
+
+
+def test_masked_minus_inf_logit_gives_a_finite_loss():
+    logits = jnp.array([[0.0, 1.0, -jnp.inf]], jnp.float64)
+    loss, grad = jax.value_and_grad(fp.softmax_cross_entropy)(logits, jnp.array([1]))
+    np.testing.assert_allclose(loss, jnp.log1p(jnp.exp(-1.0)), rtol=1e-12)
+    assert np.all(np.isfinite(grad)) and grad[0, 2] == 0

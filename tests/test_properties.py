@@ -77,3 +77,29 @@ def test_elementwise_losses_any_shape(shape, seed):
     a, b = _normal(seed, shape, shape)
     _assert_vjp_matches_twin(fp.mse, (a, b), seed + 1)
     _assert_vjp_matches_twin(fp.sigmoid_binary_cross_entropy, (a, jax.nn.sigmoid(b)), seed + 1)
+
+
+CONV_SETTINGS = settings(max_examples=12, deadline=None)
+pads = st.sampled_from(["VALID", "SAME", ((1, 0), (0, 2)), ((2, 2), (1, 1))])
+
+
+@CONV_SETTINGS
+@given(
+    batch=st.integers(1, 2), hw=st.tuples(st.integers(3, 8), st.integers(3, 8)),
+    kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    padding=pads, channels=st.tuples(st.integers(1, 3), st.integers(1, 3)), seed=seeds,
+)
+def test_conv2d_any_geometry(batch, hw, kernel, stride, padding, channels, seed):
+    args = _normal(seed, (batch, *hw, channels[0]), (*kernel, *channels), (channels[1],))
+    _assert_vjp_matches_twin(fp.conv2d, args, seed + 1, stride=stride, padding=padding)
+
+
+@CONV_SETTINGS
+@given(
+    rule=st.sampled_from([fp.max_pool2d, fp.avg_pool2d]), hw=st.tuples(st.integers(3, 8), st.integers(3, 8)),
+    window=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    stride=st.one_of(st.none(), st.tuples(st.integers(1, 3), st.integers(1, 3))), seed=seeds,
+)
+def test_pooling_any_geometry(rule, hw, window, stride, seed):
+    (x,) = _normal(seed, (2, *hw, 2))
+    _assert_vjp_matches_twin(rule, (x,), seed + 1, window=window, stride=stride)

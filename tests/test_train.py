@@ -97,3 +97,21 @@ def test_divergence_is_reported(toy_data):
     with pytest.raises(FloatingPointError, match=r"train: the loss became"):
         train.train(model, jax.tree.map(lambda p: p * 1e30, params), optax.sgd(1e30), toy_data,
                     epochs=3, batch_size=16, key=jax.random.key(0), progress=False)
+
+
+def test_params_and_key_survive_training(toy_data):
+    """The epoch donates its state; train copies first, so the caller can train twice."""
+    model, params = _setup(toy_data)
+    key = jax.random.key(2)
+    runs = [train.train(model, params, optax.adam(1e-2), toy_data, epochs=2, batch_size=16, key=key,
+                        progress=False) for _ in range(2)]
+    for a, b in zip(jax.tree.leaves(runs[0].params), jax.tree.leaves(runs[1].params)):
+        np.testing.assert_array_equal(a, b)
+    assert np.isfinite(np.asarray(jax.tree.leaves(params)[0])).all()
+
+
+def test_resume_with_other_settings_is_refused(toy_data, tmp_path):
+    path = tmp_path / "state.npz"
+    _run(toy_data, epochs=1, checkpoint_path=path, config={"lr": 0.01})
+    with pytest.raises(ValueError, match=r"train: the checkpoint .* was written with other settings \(lr: 0.01 then, 5.0 now\)"):
+        _run(toy_data, epochs=2, checkpoint_path=path, resume=True, config={"lr": 5.0})

@@ -31,7 +31,7 @@ def serial(*layers: Layer) -> Layer:
         keys = jax.random.split(key, len(layers)) if layers else []
         shape, params = tuple(input_shape), []
         for i, (layer, k) in enumerate(zip(layers, keys)):
-            with _located(i, layer):
+            with located(i, layer):
                 shape, p = layer.init(k, shape)
             params.append(p)
         return shape, tuple(params)
@@ -41,14 +41,14 @@ def serial(*layers: Layer) -> Layer:
             got = len(params) if isinstance(params, (tuple, list)) else type(params).__name__
             raise ValueError(f"{name}: params must be a tuple of {len(layers)} layer params, got {got}")
         for i, (layer, p) in enumerate(zip(layers, params)):
-            with _located(i, layer):
+            with located(i, layer):
                 x = layer.apply(p, x)
         return x
 
     return Layer(init, _describe(name, apply, layers=layers))
 
 
-class _located:
+class located:
     """Re-raise a ValueError from layer i with its position in serial."""
 
     def __init__(self, i, layer):

@@ -117,7 +117,11 @@ def AvgPool2D(window, stride=None) -> Layer:
 
 
 def Flatten() -> Layer:
-    """``(B, *shape) -> (B, prod(shape))``; the backward reshapes the cotangent back."""
+    """``(B, *shape) -> (B, prod(shape))``; the backward reshapes the cotangent back.
+
+    The batch axis is required: a model with Flatten takes batches only (a single
+    image ``(H, W, C)`` would be read as H examples; pass ``x[None]``).
+    """
 
     def init(key, input_shape):
         del key

@@ -41,9 +41,16 @@ def _is_int(x) -> bool:
 def _targets(labels, logits):
     """Target probabilities y, (..., C): one-hot rows for integer ids, else labels."""
     if _is_int(labels):
+        if labels.dtype.itemsize < 4:  # uint8 ids must not wrap around in arange(C)
+            labels = labels.astype(jnp.int32)
         classes = jnp.arange(logits.shape[-1], dtype=labels.dtype)
         return (labels[..., None] == classes).astype(logits.dtype)
     return labels
+
+
+def _cross_entropy_sum(y, log_p):
+    """−Σ y log p, with 0 · log 0 = 0 (a masked −inf logit with zero target adds 0)."""
+    return -jnp.sum(jnp.where(y > 0, y * log_p, 0))
 
 
 # --- softmax_cross_entropy -------------------------------------------------------
@@ -52,13 +59,13 @@ def _targets(labels, logits):
 def softmax_cross_entropy_twin(logits, labels):
     """Plain twin: ``−Σ y log_softmax(z) / B``, B the number of examples."""
     n_examples = numel(logits.shape[:-1])
-    return -jnp.sum(_targets(labels, logits) * log_softmax_twin(logits)) / n_examples
+    return _cross_entropy_sum(_targets(labels, logits), log_softmax_twin(logits)) / n_examples
 
 
 def _softmax_cross_entropy_fwd(logits, labels):
     log_p = log_softmax_twin(logits)
     n_examples = numel(logits.shape[:-1])
-    loss = -jnp.sum(_targets(labels, logits) * log_p) / n_examples
+    loss = _cross_entropy_sum(_targets(labels, logits), log_p) / n_examples
     return loss, (log_p, labels)
 
 

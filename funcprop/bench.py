@@ -1,0 +1,318 @@
+"""Benchmark: one training step with the hand-derived rules against jax.grad and PyTorch.
+
+``funcprop bench [--quick] --out DIR`` (and ``experiments/benchmark.py``). For every
+case, each variant is one jitted step (gradient + optax Adam update, buffers donated):
+
+- ``rules``: ``jax.value_and_grad`` through the funcprop rules (hand-written bwds);
+- ``jax.grad``: ``jax.value_and_grad`` through the plain twins, JAX's own autodiff;
+- ``backprop``: :func:`funcprop.backprop.value_and_grad`, the written-out recursion;
+- ``torch``, ``torch.compile``: the same network and step in PyTorch, where installed.
+
+Step times are medians over interleaved rounds (every variant once per round, after
+warm-up), so drifts of the machine hit all variants alike. Compiled temporary memory
+and FLOPs come from XLA (``memory_analysis``, ``cost_analysis``); residual bytes are
+the arrays kept between forward and backward, parameters and inputs not counted.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from funcprop import nn, train
+from funcprop.rules.losses import softmax_cross_entropy
+
+
+class Case(NamedTuple):
+    name: str
+    input_shape: tuple  # one example
+    batch: int
+    build: Callable[[], nn.Layer]
+    num_classes: int
+    torch_layers: tuple  # ("dense", n_in, n_out) / ("act", name) / ("conv", c_in, c_out) / ...
+
+
+def _mlp_case(sizes, activation, batch):
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(("dense", n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(("act", activation))
+    return Case(f"mlp {'-'.join(map(str, sizes))} @ {batch}", (sizes[0],), batch,
+                lambda: nn.mlp(list(sizes), activation=activation), sizes[-1], tuple(layers))
+
+
+CNN_TORCH = (("conv", 1, 32), ("act", "relu"), ("conv", 32, 64), ("act", "relu"), ("pool", 2), ("flatten",),
+             ("dense", 1024, 128), ("act", "relu"), ("dense", 128, 10))
+
+CASES = (
+    _mlp_case([2, 4, 7, 3, 2], "sigmoid", 64)._replace(name="seed 2-4-7-3-2 @ 64"),
+    _mlp_case([64, 256, 256, 10], "relu", 128),
+    _mlp_case([784, 1024, 1024, 10], "relu", 256),
+    _mlp_case([1024, 4096, 4096, 1024], "relu", 512),
+    Case("digits cnn @ 128", (8, 8, 1), 128, nn.cnn, 10, CNN_TORCH),
+)
+QUICK_CASES = (CASES[0], CASES[1], Case("digits cnn @ 16", (8, 8, 1), 16, nn.cnn, 10, CNN_TORCH))
+JAX_VARIANTS = {"rules": "rules", "jax.grad": "twins", "backprop": "backprop"}
+
+
+def _data(case: Case, key):
+    kx, ky = jax.random.split(key)
+    x = jax.random.normal(kx, (case.batch, *case.input_shape), jnp.float32)
+    return x, jax.random.randint(ky, (case.batch,), 0, case.num_classes)
+
+
+def make_step(model, gradient: str, optimizer):
+    """A jitted ``step(params, opt_state, x, y) -> (params, opt_state, loss)``, donated."""
+    grad_fn = train.loss_and_grad(model, softmax_cross_entropy, gradient)
+
+    def step(params, opt_state, x, y):
+        value, grads = grad_fn(params, x, y)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def _flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float((cost or {}).get("flops", float("nan")))
+
+
+def residual_bytes(model, gradient: str, params, x, y) -> int | None:
+    """Bytes kept between forward and backward, parameters and inputs not counted.
+
+    Read from JAX's record of what reverse mode saves (``saved_residuals``); the
+    written-out backprop keeps what the rules' fwds return, so it is not read here.
+    """
+    if gradient == "backprop":
+        return None
+    from jax._src.ad_checkpoint import saved_residuals  # no public equivalent yet
+
+    apply = nn.twin(model) if gradient == "twins" else model.apply
+    loss = softmax_cross_entropy.vjp_rule.twin if gradient == "twins" else softmax_cross_entropy
+    kept = saved_residuals(lambda p, x: loss(apply(p, x), y), params, x)
+    skip = ("from the argument", "from a constant", "from a literal")
+    return int(sum(aval.size * aval.dtype.itemsize for aval, why in kept if not why.startswith(skip)))
+
+
+def matmul_peak(n: int = 2048, dtype=jnp.float32, repeats: int = 10) -> float:
+    """FLOP/s of a large jnp matmul on this device: the measured peak."""
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    f = jax.jit(lambda a, b: a @ b)
+    jax.block_until_ready(f(a, a))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(a, a))
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / min(times)
+
+
+def _time_jax(step, state, x, y, steps):
+    params, opt_state = state
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        params, opt_state, value = step(params, opt_state, x, y)
+    jax.block_until_ready(value)
+    return (time.perf_counter() - t0) / steps, (params, opt_state)
+
+
+def bench_case(case: Case, *, rounds: int, steps: int, with_torch: bool, log=print) -> dict:
+    """Per-variant median step time, ratio to jax.grad, memory, FLOPs, residuals."""
+    model = case.build()
+    _, params0 = model.init(jax.random.key(0), case.input_shape)
+    x, y = _data(case, jax.random.key(1))
+    optimizer = optax.adam(1e-3)
+    runners, rows = {}, {}
+    for label, gradient in JAX_VARIANTS.items():
+        step = make_step(model, gradient, optimizer)
+        state = (jax.tree.map(jnp.copy, params0), optimizer.init(params0))
+        compiled = step.lower(*state, x, y).compile()
+        memory = compiled.memory_analysis()
+        rows[label] = {
+            "temp_bytes": int(memory.temp_size_in_bytes) if memory is not None else None,
+            "flops": _flops(compiled),
+            "residual_bytes": residual_bytes(model, gradient, params0, x, y),
+        }
+        _, state = _time_jax(step, state, x, y, 2)  # warm-up
+        runners[label] = [step, state]
+    if with_torch:
+        from funcprop import bench_torch
+
+        for label, runner in bench_torch.runners(case, np.asarray(x), np.asarray(y), log=log).items():
+            runner(2)
+            runners[label] = runner
+            rows[label] = {"temp_bytes": None, "flops": None, "residual_bytes": None, "threads": runner.threads}
+    times = {label: [] for label in runners}
+    order = list(runners)
+    for r in range(rounds):
+        # rotate the order, so that no variant always runs right after PyTorch's threads
+        for label in order[r % len(order):] + order[: r % len(order)]:
+            runner = runners[label]
+            if callable(runner):
+                times[label].append(runner(steps))
+            else:
+                seconds, runner[1] = _time_jax(runner[0], runner[1], x, y, steps)
+                times[label].append(seconds)
+    base = statistics.median(times["jax.grad"])
+    for label, ts in times.items():
+        rows[label].update(step_s=statistics.median(ts), ratio_to_jax_grad=statistics.median(ts) / base, rounds=len(ts))
+    auto = rows["jax.grad"]
+    for label in JAX_VARIANTS:
+        r = rows[label]
+        r["memory_ratio"] = r["temp_bytes"] / auto["temp_bytes"] if auto["temp_bytes"] else None
+        r["residual_ratio"] = (
+            r["residual_bytes"] / auto["residual_bytes"] if r["residual_bytes"] is not None and auto["residual_bytes"] else None
+        )
+    return {"case": case.name, "batch": case.batch, "variants": rows}
+
+
+def epoch_throughput(case: Case, *, batches: int, with_torch: bool, repeats: int = 5) -> dict:
+    """Steps per second over one epoch: scan-compiled epoch, Python loop of jitted steps, torch."""
+    model = case.build()
+    _, params0 = model.init(jax.random.key(0), case.input_shape)
+    n = case.batch * batches
+    kx, ky = jax.random.split(jax.random.key(2))
+    x = jax.random.normal(kx, (n, *case.input_shape), jnp.float32)
+    y = jax.random.randint(ky, (n,), 0, case.num_classes)
+    optimizer = optax.adam(1e-3)
+    grad_fn = train.loss_and_grad(model, softmax_cross_entropy, "rules")
+    epoch = train.make_epoch(grad_fn, optimizer, n, case.batch)
+    state = train.TrainState(jax.tree.map(jnp.copy, params0), optimizer.init(params0), jax.random.key(3),
+                             jnp.zeros((), jnp.int32))
+    state, _ = epoch(state, x, y)  # compile
+    scan_times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        state, value = epoch(state, x, y)
+        jax.block_until_ready(value)
+        scan_times.append(time.perf_counter() - t0)
+    step = make_step(model, "rules", optimizer)
+    loop_state = (jax.tree.map(jnp.copy, params0), optimizer.init(params0))
+    xb, yb = np.asarray(x).reshape(batches, case.batch, *case.input_shape), np.asarray(y).reshape(batches, case.batch)
+    loop_times = []
+    for r in range(repeats + 1):
+        t0 = time.perf_counter()
+        params, opt_state = loop_state
+        for i in range(batches):  # a host batch per step, as a plain training loop does
+            params, opt_state, value = step(params, opt_state, xb[i], yb[i])
+        jax.block_until_ready(value)
+        loop_state = (params, opt_state)
+        if r:  # the first pass compiles
+            loop_times.append(time.perf_counter() - t0)
+    out = {"case": case.name, "steps_per_epoch": batches,
+           "scan_epoch_steps_per_s": batches / statistics.median(scan_times),
+           "python_loop_steps_per_s": batches / statistics.median(loop_times)}
+    if with_torch:
+        from funcprop import bench_torch
+
+        out["torch_eager_steps_per_s"] = bench_torch.epoch_steps_per_s(case, xb, yb, repeats)
+    return out
+
+
+# --- the whole run -------------------------------------------------------------------
+
+
+def run(out_dir, *, quick: bool = False, rounds: int | None = None, with_torch: bool | None = None, log=print) -> dict:
+    """Run every case (or the quick ones), write benchmark.{json,md,png} into out_dir."""
+    import json
+    import pathlib
+    import platform
+
+    from funcprop import bench_torch, plots
+
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with_torch = bench_torch.available() if with_torch is None else with_torch
+    rounds = rounds or (3 if quick else 15)
+    device = jax.devices()[0]
+    peak_dtype = jnp.bfloat16 if device.platform == "gpu" else jnp.float32
+    peak_n = 512 if quick else (8192 if device.platform == "gpu" else 4096)
+    peak = matmul_peak(peak_n, peak_dtype, repeats=3 if quick else 5)
+    log(f"device {device.device_kind} ({device.platform}); matmul peak {peak / 1e9:.1f} GFLOP/s ({jnp.dtype(peak_dtype).name})")
+    results = []
+    for case in QUICK_CASES if quick else CASES:
+        # about 50 ms of work per variant per round, at least one step
+        steps = 1 if quick else max(1, min(200, int(0.05 * peak / max(_case_flops(case), 1.0))))
+        log(f"{case.name}: {rounds} rounds x {steps} steps")
+        res = bench_case(case, rounds=rounds, steps=steps, with_torch=with_torch, log=log)
+        for label, r in res["variants"].items():
+            log(f"  {label:14s} {r['step_s'] * 1e3:9.3f} ms  x{r['ratio_to_jax_grad']:.3f} of jax.grad")
+        results.append(res)
+    # the peak again at the end, the better of the two: a busy moment must not inflate "% of peak"
+    peak = max(peak, matmul_peak(peak_n, peak_dtype, repeats=3 if quick else 5))
+    for res in results:
+        for r in res["variants"].values():
+            r["fraction_of_peak"] = r["flops"] / r["step_s"] / peak if r.get("flops") else None
+    small = [c for c in (QUICK_CASES if quick else CASES) if c.name.startswith(("seed", "mlp 64-"))]
+    epochs = [epoch_throughput(c, batches=8 if quick else 64, with_torch=with_torch, repeats=2 if quick else 5)
+              for c in small]
+    report = {
+        "date": time.strftime("%Y-%m-%d"),
+        "device": f"{device.device_kind} ({device.platform})",
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+        "torch": _torch_version() if with_torch else None,
+        "matmul_peak_flops": peak,
+        "matmul_peak_dtype": jnp.dtype(peak_dtype).name,
+        "quick": quick,
+        "rounds": rounds,
+        "cases": results,
+        "epochs": epochs,
+    }
+    (out / "benchmark.json").write_text(json.dumps(report, indent=2))
+    (out / "benchmark.md").write_text(markdown(report))
+    plots.plot_benchmark(report, out / "benchmark.png")
+    return report
+
+
+def _case_flops(case: Case) -> float:
+    """Rough FLOPs of one step (6 per weight per example), to size the rounds."""
+    weights = sum(s[1] * s[2] for s in case.torch_layers if s[0] == "dense")
+    weights += sum(9 * s[1] * s[2] * 64 for s in case.torch_layers if s[0] == "conv")
+    return 6.0 * weights * case.batch
+
+
+def _torch_version():
+    import torch
+
+    return torch.__version__
+
+
+def markdown(report: dict) -> str:
+    """The step table (one row per case and variant) and the epoch table."""
+
+    def fmt(x, spec, scale=1.0):
+        return "—" if x is None else format(x * scale, spec)
+
+    lines = [
+        f"Device: {report['device']}; jax {report['jax']}; PyTorch {report['torch'] or 'not installed'}; "
+        f"{report['date']}. Matmul peak measured in the same run: "
+        f"{report['matmul_peak_flops'] / 1e9:.1f} GFLOP/s ({report['matmul_peak_dtype']}). "
+        f"Median of {report['rounds']} interleaved rounds.",
+        "",
+        "| case | variant | step (ms) | ÷ jax.grad | temp memory (MiB) | ÷ jax.grad | residuals (KiB) | ÷ jax.grad | GFLOP/step | % of peak |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for res in report["cases"]:
+        for label, r in res["variants"].items():
+            lines.append(
+                f"| {res['case']} | {label} | {r['step_s'] * 1e3:.3f} | {r['ratio_to_jax_grad']:.3f} | "
+                f"{fmt(r['temp_bytes'], '.3f', 2**-20)} | {fmt(r.get('memory_ratio'), '.3f')} | "
+                f"{fmt(r['residual_bytes'], '.1f', 2**-10)} | {fmt(r.get('residual_ratio'), '.3f')} | "
+                f"{fmt(r['flops'], '.4f', 1e-9)} | {fmt(r.get('fraction_of_peak'), '.1f', 100)} |"
+            )
+    lines += ["", "| case | steps/epoch | scan-compiled epoch (steps/s) | Python loop of jitted steps (steps/s) | PyTorch eager (steps/s) |",
+              "|---|---|---|---|---|"]
+    for e in report["epochs"]:
+        lines.append(f"| {e['case']} | {e['steps_per_epoch']} | {e['scan_epoch_steps_per_s']:.0f} | "
+                     f"{e['python_loop_steps_per_s']:.0f} | {fmt(e.get('torch_eager_steps_per_s'), '.0f')} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,38 @@
+"""The benchmark's quick mode runs and writes its three files (no timing asserted)."""
+
+import json
+
+import pytest
+
+from funcprop import bench
+from funcprop.cli import main
+
+pytestmark = pytest.mark.usefixtures("standard_promotion")
+
+
+def test_quick_benchmark_writes_json_markdown_and_png(tmp_path, capsys):
+    assert main(["bench", "--quick", "--no-torch", "--rounds", "2", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "benchmark.json").read_text())
+    assert [c["case"] for c in report["cases"]] == [c.name for c in bench.QUICK_CASES]
+    for case in report["cases"]:
+        assert set(case["variants"]) == {"rules", "jax.grad", "backprop"}
+        auto = case["variants"]["jax.grad"]
+        assert auto["ratio_to_jax_grad"] == 1.0 and auto["residual_bytes"] > 0 and auto["flops"] > 0
+    table = (tmp_path / "benchmark.md").read_text()
+    assert "| seed 2-4-7-3-2 @ 64 | rules |" in table and "scan-compiled epoch" in table
+    assert (tmp_path / "benchmark.png").stat().st_size > 0
+
+
+def test_residual_bytes_leave_out_parameters_and_inputs():
+    """A single dense layer with the loss keeps only log p; autodiff keeps more."""
+    import jax
+    import jax.numpy as jnp
+
+    from funcprop import nn
+
+    model = nn.mlp([3, 4])
+    _, params = model.init(jax.random.key(0), (3,))
+    x, y = jnp.ones((5, 3), jnp.float32), jnp.zeros(5, jnp.int32)
+    assert bench.residual_bytes(model, "rules", params, x, y) == 5 * 4 * 4  # log p: (5, 4) float32
+    assert bench.residual_bytes(model, "twins", params, x, y) > 5 * 4 * 4
+    assert bench.residual_bytes(model, "backprop", params, x, y) is None
