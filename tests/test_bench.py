@@ -36,3 +36,18 @@ def test_residual_bytes_leave_out_parameters_and_inputs():
     assert bench.residual_bytes(model, "rules", params, x, y) == 5 * 4 * 4  # log p: (5, 4) float32
     assert bench.residual_bytes(model, "twins", params, x, y) > 5 * 4 * 4
     assert bench.residual_bytes(model, "backprop", params, x, y) is None
+
+
+def test_rules_and_backprop_compile_to_one_program():
+    """The written-out recursion and jax.grad through the rules: the same XLA program."""
+    import jax
+    import optax
+
+    case = bench.CASES[1]
+    model = case.build()
+    _, params = model.init(jax.random.key(0), case.input_shape)
+    x, y = bench._data(case, jax.random.key(1))
+    opt = optax.adam(1e-3)
+    prints = {g: bench.program_fingerprint(bench.make_step(model, g, opt).lower(params, opt.init(params), x, y).compile())
+              for g in ("rules", "backprop", "twins")}
+    assert prints["rules"] == prints["backprop"] != prints["twins"]
