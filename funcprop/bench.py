@@ -166,10 +166,11 @@ def bench_case(case: Case, *, rounds: int, steps: int, with_torch: bool, log=pri
             runners[label] = runner
             rows[label] = {"temp_bytes": None, "flops": None, "residual_bytes": None, "threads": runner.threads}
     times = {label: [] for label in runners}
-    order = list(runners)
-    for r in range(rounds):
-        # rotate the order, so that no variant always runs right after PyTorch's threads
-        for label in order[r % len(order):] + order[: r % len(order)]:
+    shuffle = np.random.default_rng(0)
+    for _ in range(rounds):
+        # a new order every round, so that no variant always runs right after another
+        # (PyTorch's threads and caches would otherwise tax whichever comes next)
+        for label in shuffle.permutation(list(runners)):
             runner = runners[label]
             if callable(runner):
                 times[label].append(runner(steps))

@@ -73,12 +73,12 @@ def loss_and_grad(model, loss: Callable = softmax_cross_entropy, gradient: str =
     return jax.value_and_grad(lambda params, x, y: loss(apply(params, x), y))
 
 
-def make_epoch(grad_fn, optimizer: optax.GradientTransformation, n_examples: int, batch_size: int):
+def make_epoch(grad_fn, optimizer: optax.GradientTransformation, n_examples: int, batch_size: int, unroll: int = 1):
     """A jitted ``epoch(state, x, y) -> (state, mean train loss)``, state donated.
 
     The examples are shuffled with the state's key; ``n_examples // batch_size`` full
     minibatches are taken (the shuffled remainder is left out this epoch), and
-    ``lax.scan`` runs the steps.
+    ``lax.scan`` runs the steps (``unroll`` of them per loop iteration).
     """
     n_batches = n_examples // batch_size
 
@@ -92,7 +92,8 @@ def make_epoch(grad_fn, optimizer: optax.GradientTransformation, n_examples: int
         key, shuffle_key = jax.random.split(state.key)
         order = jax.random.permutation(shuffle_key, n_examples)[: n_batches * batch_size]
         (params, opt_state), losses = jax.lax.scan(
-            lambda c, i: step(c, i, x, y), (state.params, state.opt_state), order.reshape(n_batches, batch_size)
+            lambda c, i: step(c, i, x, y), (state.params, state.opt_state), order.reshape(n_batches, batch_size),
+            unroll=unroll,
         )
         return TrainState(params, opt_state, key, state.epoch + 1), jnp.mean(losses)
 
