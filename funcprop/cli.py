@@ -1,4 +1,4 @@
-"""The ``funcprop`` command line: ``funcprop shapes``, ``funcprop verify``, ``funcprop train``.
+"""The ``funcprop`` command line: shapes, verify, train, report (the main job) and bench.
 
 Bad arguments exit 2 with one line on stderr, never a traceback.
 """
