@@ -21,34 +21,24 @@ class UsageError(Exception):
     """A bad argument found after parsing; main() prints it on one line, exit 2."""
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _checked(convert, what: str, ok, allowed: str):
+    """An argparse type: ``convert(text)``, then ``ok(value)``, each with a one-line error."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {allowed}, got {value}")
+        return value
+
+    return parse
 
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"expected a seed in [0, 2**32), got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
+_positive_int = _checked(int, "a positive integer", lambda v: v >= 1, "a positive integer")
+_seed = _checked(int, "an integer seed", lambda v: 0 <= v < 2**32, "a seed in [0, 2**32)")
+_positive_float = _checked(float, "a positive number", lambda v: 0 < v < float("inf"), "a positive number")
 
 
 # --- funcprop shapes --------------------------------------------------------------

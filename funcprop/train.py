@@ -23,7 +23,6 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from funcprop import backprop, checkpoint, nn
@@ -250,8 +249,3 @@ def write_history(history: list, out_dir) -> tuple[pathlib.Path, pathlib.Path]:
         writer.writeheader()
         writer.writerows(history)
     return json_path, csv_path
-
-
-def accuracy(apply, params, x, y) -> float:
-    """The fraction of examples whose argmax logit is the label."""
-    return float(np.mean(np.asarray(jnp.argmax(apply(params, jnp.asarray(x)), -1)) == np.asarray(y)))
