@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from funcprop import backprop, checkpoint, nn
+from funcprop import backprop, checkpoint, nn, shuffle
 from funcprop.rules.losses import softmax_cross_entropy
 
 GRADIENTS = ("rules", "twins", "backprop")
@@ -75,9 +75,10 @@ def loss_and_grad(model, loss: Callable = softmax_cross_entropy, gradient: str =
 def make_epoch(grad_fn, optimizer: optax.GradientTransformation, n_examples: int, batch_size: int, unroll: int = 1):
     """A jitted ``epoch(state, x, y) -> (state, mean train loss)``, state donated.
 
-    The examples are shuffled with the state's key; ``n_examples // batch_size`` full
-    minibatches are taken (the shuffled remainder is left out this epoch), and
-    ``lax.scan`` runs the steps (``unroll`` of them per loop iteration).
+    The examples are shuffled with the state's key (:func:`funcprop.shuffle.permutation`,
+    no sort); ``n_examples // batch_size`` full minibatches are taken (the shuffled
+    remainder is left out this epoch), and ``lax.scan`` runs the steps (``unroll`` of
+    them per loop iteration).
     """
     n_batches = n_examples // batch_size
 
@@ -89,7 +90,7 @@ def make_epoch(grad_fn, optimizer: optax.GradientTransformation, n_examples: int
 
     def epoch(state: TrainState, x, y):
         key, shuffle_key = jax.random.split(state.key)
-        order = jax.random.permutation(shuffle_key, n_examples)[: n_batches * batch_size]
+        order = shuffle.permutation(shuffle_key, n_examples)[: n_batches * batch_size]
         (params, opt_state), losses = jax.lax.scan(
             lambda c, i: step(c, i, x, y), (state.params, state.opt_state), order.reshape(n_batches, batch_size),
             unroll=unroll,
