@@ -138,8 +138,40 @@ def _time_jax(step, state, x, y, steps):
     return (time.perf_counter() - t0) / steps, (params, opt_state)
 
 
+def _halves(model, optimizer, params0, x, y) -> tuple[dict, float]:
+    """The rules step's two halves as timers ``runner(steps) -> seconds per call``: the
+    gradient alone (no optimizer) and the optax update alone (donated, a fixed gradient).
+    Also returns the gradient's FLOPs."""
+    grad = jax.jit(train.loss_and_grad(model, softmax_cross_entropy, "rules")).lower(params0, x, y).compile()
+    _, grads = grad(params0, x, y)
+
+    def apply_update(params, opt_state, grads):
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    update = jax.jit(apply_update, donate_argnums=(0, 1))
+    state = [jax.tree.map(jnp.copy, params0), optimizer.init(params0)]
+
+    def time_grad(steps):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            out = grad(params0, x, y)
+        jax.block_until_ready(out)
+        return (time.perf_counter() - t0) / steps
+
+    def time_update(steps):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            state[:] = update(*state, grads)
+        jax.block_until_ready(state)
+        return (time.perf_counter() - t0) / steps
+
+    return {"gradient alone": time_grad, "update alone": time_update}, _flops(grad)
+
+
 def bench_case(case: Case, *, rounds: int, steps: int, with_torch: bool, log=print) -> dict:
-    """Per-variant median step time, ratio to jax.grad, memory, FLOPs, residuals."""
+    """Per-variant median step time, ratio to jax.grad, memory, FLOPs, residuals; and the
+    rules step split into its halves (gradient alone, optax update alone)."""
     model = case.build()
     _, params0 = model.init(jax.random.key(0), case.input_shape)
     x, y = _data(case, jax.random.key(1))
@@ -165,6 +197,10 @@ def bench_case(case: Case, *, rounds: int, steps: int, with_torch: bool, log=pri
             runner(2)
             runners[label] = runner
             rows[label] = {"temp_bytes": None, "flops": None, "residual_bytes": None, "threads": runner.threads}
+    halves, grad_flops = _halves(model, optimizer, params0, x, y)
+    for runner in halves.values():
+        runner(2)  # warm-up
+    runners.update(halves)
     times = {label: [] for label in runners}
     shuffle = np.random.default_rng(0)
     for _ in range(rounds):
@@ -177,6 +213,8 @@ def bench_case(case: Case, *, rounds: int, steps: int, with_torch: bool, log=pri
             else:
                 seconds, runner[1] = _time_jax(runner[0], runner[1], x, y, steps)
                 times[label].append(seconds)
+    split = {label: statistics.median(times.pop(label)) for label in halves}
+    split["gradient_flops"] = grad_flops
     base = statistics.median(times["jax.grad"])
     for label, ts in times.items():
         rows[label].update(step_s=statistics.median(ts), ratio_to_jax_grad=statistics.median(ts) / base, rounds=len(ts))
@@ -188,7 +226,8 @@ def bench_case(case: Case, *, rounds: int, steps: int, with_torch: bool, log=pri
             r["residual_bytes"] / auto["residual_bytes"] if r["residual_bytes"] is not None and auto["residual_bytes"] else None
         )
     same = rows["rules"]["program"] == rows["backprop"]["program"]
-    return {"case": case.name, "batch": case.batch, "variants": rows, "rules_and_backprop_same_program": same}
+    return {"case": case.name, "batch": case.batch, "variants": rows, "rules_split": split,
+            "rules_and_backprop_same_program": same}
 
 
 def epoch_throughput(case: Case, *, batches: int, with_torch: bool, repeats: int = 5) -> dict:
@@ -268,6 +307,8 @@ def run(out_dir, *, quick: bool = False, rounds: int | None = None, with_torch: 
     for res in results:
         for r in res["variants"].values():
             r["fraction_of_peak"] = r["flops"] / r["step_s"] / peak if r.get("flops") else None
+        split = res["rules_split"]
+        split["gradient_fraction_of_peak"] = split["gradient_flops"] / split["gradient alone"] / peak
     small = [c for c in (QUICK_CASES if quick else CASES) if c.name.startswith(("seed", "mlp 64-"))]
     epochs = [epoch_throughput(c, batches=8 if quick else 64, with_torch=with_torch, repeats=2 if quick else 5)
               for c in small]
@@ -326,12 +367,25 @@ def markdown(report: dict) -> str:
                 f"{fmt(r['residual_bytes'], '.1f', 2**-10)} | {fmt(r.get('residual_ratio'), '.3f')} | "
                 f"{fmt(r['flops'], '.4f', 1e-9)} | {fmt(r.get('fraction_of_peak'), '.1f', 100)} |"
             )
+    lines += ["", "The `rules` step in halves, timed in the same rounds: the gradient alone (no optimizer) "
+              "and the optax Adam update alone (donated, a fixed gradient).", "",
+              "| case | step (ms) | gradient alone (ms) | gradient % of peak | update alone (ms) | step % of peak |",
+              "|---|---|---|---|---|---|"]
+    for res in report["cases"]:
+        r, split = res["variants"]["rules"], res["rules_split"]
+        lines.append(f"| {res['case']} | {r['step_s'] * 1e3:.3f} | {split['gradient alone'] * 1e3:.3f} | "
+                     f"{fmt(split.get('gradient_fraction_of_peak'), '.1f', 100)} | {split['update alone'] * 1e3:.3f} | "
+                     f"{fmt(r.get('fraction_of_peak'), '.1f', 100)} |")
     same = [res["case"] for res in report["cases"] if res.get("rules_and_backprop_same_program")]
     lines += ["", f"Cases where `rules` and `backprop` compile to the same optimized XLA program (names aside): "
               f"{', '.join(same) or 'none'}. Their step times differ there by measurement noise only.",
-              "", "| case | steps/epoch | scan-compiled epoch (steps/s) | Python loop of jitted steps (steps/s) | PyTorch eager (steps/s) |",
-              "|---|---|---|---|---|"]
+              "", "| case | steps/epoch | scan-compiled epoch (steps/s) | Python loop of jitted steps (steps/s) | "
+              "PyTorch eager (steps/s) | scan ÷ PyTorch | loop ÷ PyTorch |",
+              "|---|---|---|---|---|---|---|"]
     for e in report["epochs"]:
+        torch_rate = e.get("torch_eager_steps_per_s")
         lines.append(f"| {e['case']} | {e['steps_per_epoch']} | {e['scan_epoch_steps_per_s']:.0f} | "
-                     f"{e['python_loop_steps_per_s']:.0f} | {fmt(e.get('torch_eager_steps_per_s'), '.0f')} |")
+                     f"{e['python_loop_steps_per_s']:.0f} | {fmt(torch_rate, '.0f')} | "
+                     f"{fmt(e['scan_epoch_steps_per_s'] / torch_rate if torch_rate else None, '.1f')} | "
+                     f"{fmt(e['python_loop_steps_per_s'] / torch_rate if torch_rate else None, '.1f')} |")
     return "\n".join(lines) + "\n"

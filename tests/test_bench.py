@@ -18,8 +18,12 @@ def test_quick_benchmark_writes_json_markdown_and_png(tmp_path, capsys):
         assert set(case["variants"]) == {"rules", "jax.grad", "backprop"}
         auto = case["variants"]["jax.grad"]
         assert auto["ratio_to_jax_grad"] == 1.0 and auto["residual_bytes"] > 0 and auto["flops"] > 0
+        split = case["rules_split"]
+        assert split["gradient alone"] > 0 and split["update alone"] > 0
+        assert 0 < split["gradient_flops"] <= case["variants"]["rules"]["flops"]
     table = (tmp_path / "benchmark.md").read_text()
     assert "| seed 2-4-7-3-2 @ 64 | rules |" in table and "scan-compiled epoch" in table
+    assert "gradient alone (ms)" in table
     assert (tmp_path / "benchmark.png").stat().st_size > 0
 
 
