@@ -169,6 +169,22 @@ def _halves(model, optimizer, params0, x, y) -> tuple[dict, float]:
     return {"gradient alone": time_grad, "update alone": time_update}, _flops(grad)
 
 
+def _interleaved(runners: dict, rounds: int, steps: int, x, y) -> dict:
+    """Seconds per step of every runner in every round, each round in a new random order
+    so that no runner always runs right after another."""
+    times = {label: [] for label in runners}
+    order = np.random.default_rng(0)
+    for _ in range(rounds):
+        for label in order.permutation(list(runners)):
+            runner = runners[label]
+            if callable(runner):
+                times[label].append(runner(steps))
+            else:  # [jitted step, (params, opt_state)]
+                seconds, runner[1] = _time_jax(runner[0], runner[1], x, y, steps)
+                times[label].append(seconds)
+    return times
+
+
 def bench_case(case: Case, *, rounds: int, steps: int, with_torch: bool, log=print) -> dict:
     """Per-variant median step time, ratio to jax.grad, memory, FLOPs, residuals; and the
     rules step split into its halves (gradient alone, optax update alone)."""
@@ -190,29 +206,21 @@ def bench_case(case: Case, *, rounds: int, steps: int, with_torch: bool, log=pri
         }
         _, state = _time_jax(step, state, x, y, 2)  # warm-up
         runners[label] = [step, state]
-    if with_torch:
-        from funcprop import bench_torch
-
-        for label, runner in bench_torch.runners(case, np.asarray(x), np.asarray(y), log=log).items():
-            runner(2)
-            runners[label] = runner
-            rows[label] = {"temp_bytes": None, "flops": None, "residual_bytes": None, "threads": runner.threads}
     halves, grad_flops = _halves(model, optimizer, params0, x, y)
     for runner in halves.values():
         runner(2)  # warm-up
     runners.update(halves)
-    times = {label: [] for label in runners}
-    shuffle = np.random.default_rng(0)
-    for _ in range(rounds):
-        # a new order every round, so that no variant always runs right after another
-        # (PyTorch's threads and caches would otherwise tax whichever comes next)
-        for label in shuffle.permutation(list(runners)):
-            runner = runners[label]
-            if callable(runner):
-                times[label].append(runner(steps))
-            else:
-                seconds, runner[1] = _time_jax(runner[0], runner[1], x, y, steps)
-                times[label].append(seconds)
+    times = _interleaved(runners, rounds, steps, x, y)
+    if with_torch:
+        # PyTorch in rounds of its own: its threads and caches would tax whichever JAX
+        # variant ran next, and the ratios to jax.grad are the figures that need 1%
+        from funcprop import bench_torch
+
+        torch_runners = bench_torch.runners(case, np.asarray(x), np.asarray(y), log=log)
+        for label, runner in torch_runners.items():
+            runner(2)
+            rows[label] = {"temp_bytes": None, "flops": None, "residual_bytes": None, "threads": runner.threads}
+        times.update(_interleaved(torch_runners, rounds, steps, x, y))
     split = {label: statistics.median(times.pop(label)) for label in halves}
     split["gradient_flops"] = grad_flops
     base = statistics.median(times["jax.grad"])

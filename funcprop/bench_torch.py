@@ -95,6 +95,9 @@ def runners(case, x: np.ndarray, y: np.ndarray, log=print) -> dict:
         step = _step_fn(model, optimizer)
         if label == "torch.compile":
             try:
+                # Dynamo caches per code object, and every case's step shares one: without a
+                # reset the cases' recompiles pile up until it gives up and runs eager
+                torch.compiler.reset()
                 step = torch.compile(step)
                 step(xt, yt)  # compile now, so a failure shows here
             except Exception as err:  # noqa: BLE001 - any backend failure means "not available"
@@ -120,14 +123,15 @@ def epoch_steps_per_s(case, xb: np.ndarray, yb: np.ndarray, repeats: int) -> flo
     """Steps per second of an eager PyTorch epoch over the batches xb: (steps, B, ...)."""
     import torch  # noqa: F401
 
+    xb, yb = np.array(xb, np.float32), np.array(yb, np.int64)  # writable copies: from_numpy shares memory
     model = build(case)
     step = _step_fn(model, torch.optim.Adam(model.parameters(), lr=1e-3))
-    torch.set_num_threads(_best_threads(step, torch.from_numpy(np.array(xb[0])), torch.from_numpy(np.asarray(yb[0], np.int64))))
+    torch.set_num_threads(_best_threads(step, torch.from_numpy(xb[0]), torch.from_numpy(yb[0])))
     times = []
     for r in range(repeats + 1):
         t0 = time.perf_counter()
         for i in range(xb.shape[0]):
-            loss = step(torch.from_numpy(xb[i]), torch.from_numpy(np.asarray(yb[i], np.int64)))
+            loss = step(torch.from_numpy(xb[i]), torch.from_numpy(yb[i]))
         float(loss.detach())
         if r:
             times.append(time.perf_counter() - t0)
