@@ -8,8 +8,11 @@ case, each variant is one jitted step (gradient + optax Adam update, buffers don
 - ``backprop``: :func:`funcprop.backprop.value_and_grad`, the written-out recursion;
 - ``torch``, ``torch.compile``: the same network and step in PyTorch, where installed.
 
-Step times are medians over interleaved rounds (every variant once per round, after
-warm-up), so drifts of the machine hit all variants alike. Compiled temporary memory
+The ``rules`` step is also timed in halves: the gradient alone and the optax update
+alone. Step times are medians over interleaved rounds (every JAX variant and half once
+per round, in a new order, after warm-up), so drifts of the machine hit all of them
+alike; PyTorch runs in rounds of its own afterwards, as its threads would slow
+whichever JAX variant ran next. Compiled temporary memory
 and FLOPs come from XLA (``memory_analysis``, ``cost_analysis``); residual bytes are
 the arrays kept between forward and backward, parameters and inputs not counted.
 """
