@@ -16,7 +16,7 @@ and a compaction instead:
   permutation of ``[0, n)``. The domain is under ``2n``, so the cost is bounded: one
   pass over fewer than ``2n`` indices and a ``nonzero`` (a cumulative sum, no sort).
 
-Below :data:`SORT_BELOW` examples the sort is cheap (~0.2 ms) and a Feistel network
+Below :data:`SORT_BELOW` examples the sort is cheap (under 1 ms) and a Feistel network
 on so few bits draws orders visibly unevenly, so :func:`permutation` returns
 ``jax.random.permutation(key, n)`` there. Above it, the order is a pseudo-random
 permutation, good for shuffling minibatches; it is not ``jax.random.permutation``'s

@@ -75,10 +75,10 @@ def loss_and_grad(model, loss: Callable = softmax_cross_entropy, gradient: str =
 def make_epoch(grad_fn, optimizer: optax.GradientTransformation, n_examples: int, batch_size: int, unroll: int = 1):
     """A jitted ``epoch(state, x, y) -> (state, mean train loss)``, state donated.
 
-    The examples are shuffled with the state's key (:func:`funcprop.shuffle.permutation`,
-    no sort); ``n_examples // batch_size`` full minibatches are taken (the shuffled
-    remainder is left out this epoch), and ``lax.scan`` runs the steps (``unroll`` of
-    them per loop iteration).
+    The examples are shuffled with the state's key (:func:`funcprop.shuffle.permutation`:
+    no sort from 2048 examples on); ``n_examples // batch_size`` full minibatches are
+    taken (the shuffled remainder is left out this epoch), and ``lax.scan`` runs the
+    steps (``unroll`` of them per loop iteration).
     """
     n_batches = n_examples // batch_size
 
