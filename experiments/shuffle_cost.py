@@ -6,9 +6,10 @@ Two tables, medians of repeated calls:
 
 - one shuffle of n examples: ``jax.random.permutation`` (sorts random keys) against
   ``funcprop.shuffle.permutation`` (one elementwise pass and a compaction);
-- the seed net's training epoch (2-4-7-3-2, batch 64, Adam), per step: the epoch of
-  ``train.make_epoch`` (Feistel shuffle), the same epoch with ``jax.random.permutation``,
-  and a scan over batches that are not shuffled at all, the floor for the steps.
+- the seed net's training epoch (2-4-7-3-2, batch 64, Adam), per step, built as
+  ``train.make_epoch`` builds it: shuffled by ``funcprop.shuffle.permutation`` (what
+  ``make_epoch`` uses), shuffled by ``jax.random.permutation``, and a scan over
+  batches that are not shuffled at all, the floor for the steps.
 """
 
 import argparse
@@ -72,7 +73,7 @@ def seed_epoch_times(batches: int, repeats: int):
     def unshuffled(p, s, key):
         return jax.lax.scan(lambda c, xy: step(c, *xy), (p, s), (x.reshape(batches, batch, 2), y.reshape(batches, batch)))
 
-    variants = {"feistel shuffle (make_epoch)": epoch_with(shuffle.permutation),
+    variants = {"funcprop.shuffle.permutation": epoch_with(shuffle.permutation),
                 "jax.random.permutation": epoch_with(jax.random.permutation),
                 "no shuffle": jax.jit(unshuffled)}
     opt_state, key = optimizer.init(params), jax.random.key(2)

@@ -155,21 +155,24 @@ def _halves(model, optimizer, params0, x, y) -> tuple[dict, float]:
     update = jax.jit(apply_update, donate_argnums=(0, 1))
     state = [jax.tree.map(jnp.copy, params0), optimizer.init(params0)]
 
-    def time_grad(steps):
+    def update_once():
+        state[:] = update(*state, grads)
+        return state
+
+    return {"gradient alone": _timer(lambda: grad(params0, x, y)), "update alone": _timer(update_once)}, _flops(grad)
+
+
+def _timer(call):
+    """``runner(steps) -> seconds per call`` of ``call()``, waiting for the last result."""
+
+    def run(steps):
         t0 = time.perf_counter()
         for _ in range(steps):
-            out = grad(params0, x, y)
+            out = call()
         jax.block_until_ready(out)
         return (time.perf_counter() - t0) / steps
 
-    def time_update(steps):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            state[:] = update(*state, grads)
-        jax.block_until_ready(state)
-        return (time.perf_counter() - t0) / steps
-
-    return {"gradient alone": time_grad, "update alone": time_update}, _flops(grad)
+    return run
 
 
 def _interleaved(runners: dict, rounds: int, steps: int, x, y) -> dict:
