@@ -119,14 +119,18 @@ def residual_bytes(model, gradient: str, params, x, y) -> int | None:
     return int(sum(aval.size * aval.dtype.itemsize for aval, why in kept if not why.startswith(skip)))
 
 
-def matmul_rates(sizes=(1024, 2048, 4096), dtype=jnp.float32, repeats: int = 10) -> dict[int, float]:
+# the square matmul sizes the peak is taken from, by platform (and for --quick)
+PEAK_SIZES = {"cpu": (1024, 2048, 4096), "gpu": (4096, 8192, 16384), "quick": (256, 512)}
+
+
+def matmul_rates(sizes=PEAK_SIZES["cpu"], dtype=jnp.float32, repeats: int = 10) -> dict[int, float]:
     """FLOP/s of square jnp matmuls of each size on this device, the best of ``repeats``
     calls each. Their maximum is the measured peak: no one size is the fastest on every
     machine (on the 2-core development CPU, 2048 runs ~15% faster than 4096)."""
     rates = {}
+    f = jax.jit(lambda a, b: a @ b)
     for n in sizes:
         a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-        f = jax.jit(lambda a, b: a @ b)
         jax.block_until_ready(f(a, a))
         times = []
         for _ in range(repeats):
@@ -309,7 +313,7 @@ def run(out_dir, *, quick: bool = False, rounds: int | None = None, with_torch: 
     rounds = rounds or (3 if quick else 15)
     device = jax.devices()[0]
     peak_dtype = jnp.bfloat16 if device.platform == "gpu" else jnp.float32
-    peak_sizes = (256, 512) if quick else ((4096, 8192, 16384) if device.platform == "gpu" else (1024, 2048, 4096))
+    peak_sizes = PEAK_SIZES["quick" if quick else ("gpu" if device.platform == "gpu" else "cpu")]
     repeats = 3 if quick else 5
     rates = matmul_rates(peak_sizes, peak_dtype, repeats)
     peak = max(rates.values())
@@ -375,12 +379,12 @@ def markdown(report: dict) -> str:
     def fmt(x, spec, scale=1.0):
         return "—" if x is None else format(x * scale, spec)
 
+    rates = report.get("matmul_rates_flops") or {}
+    squares = ", the fastest of " + ", ".join(f"{n}²: {r / 1e9:.0f}" for n, r in rates.items()) if rates else ""
     lines = [
         f"Device: {report['device']}; jax {report['jax']}; PyTorch {report['torch'] or 'not installed'}; "
         f"{report['date']}. Matmul peak measured in the same run: "
-        f"{report['matmul_peak_flops'] / 1e9:.1f} GFLOP/s ({report['matmul_peak_dtype']}), the fastest of "
-        + ", ".join(f"{n}²: {r / 1e9:.0f}" for n, r in report.get("matmul_rates_flops", {}).items())
-        + ". "
+        f"{report['matmul_peak_flops'] / 1e9:.1f} GFLOP/s ({report['matmul_peak_dtype']}){squares}. "
         f"Medians of {report['rounds']} rounds: the JAX variants interleaved, PyTorch in rounds of its own.",
         "",
         "| case | variant | step (ms) | ÷ jax.grad | temp memory (MiB) | ÷ jax.grad | residuals (KiB) | ÷ jax.grad | GFLOP/step | % of peak |",

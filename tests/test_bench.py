@@ -15,7 +15,7 @@ def test_quick_benchmark_writes_json_markdown_and_png(tmp_path, capsys):
     report = json.loads((tmp_path / "benchmark.json").read_text())
     assert [c["case"] for c in report["cases"]] == [c.name for c in bench.QUICK_CASES]
     rates = report["matmul_rates_flops"]
-    assert set(rates) == {"256", "512"} and report["matmul_peak_flops"] == max(rates.values()) > 0
+    assert set(rates) == {str(n) for n in bench.PEAK_SIZES["quick"]} and report["matmul_peak_flops"] == max(rates.values()) > 0
     for case in report["cases"]:
         assert set(case["variants"]) == {"rules", "jax.grad", "backprop"}
         auto = case["variants"]["jax.grad"]
