@@ -166,6 +166,9 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args(argv)
+    if len(args.sizes) < 2 or min(args.sizes) < 1 or args.batch < 1 or args.rounds < 1:
+        parser.error(f"expected --sizes of at least two positive widths and a positive --batch and --rounds, "
+                     f"got --sizes {args.sizes} --batch {args.batch} --rounds {args.rounds}")
     result = measure(args.sizes, args.batch, args.rounds)
     by_median, by_fastest = bounds(result, result["median_s"]), bounds(result, result["fastest_s"])
     text = markdown(result, by_median, by_fastest)

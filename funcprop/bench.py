@@ -131,13 +131,9 @@ def matmul_rates(sizes=PEAK_SIZES["cpu"], dtype=jnp.float32, repeats: int = 10) 
     f = jax.jit(lambda a, b: a @ b)
     for n in sizes:
         a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-        jax.block_until_ready(f(a, a))
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            jax.block_until_ready(f(a, a))
-            times.append(time.perf_counter() - t0)
-        rates[n] = 2 * n**3 / min(times)
+        run = _timer(lambda: f(a, a))
+        run(1)  # compile
+        rates[n] = 2 * n**3 / min(run(1) for _ in range(repeats))
     return rates
 
 
