@@ -10,8 +10,9 @@ import jax.numpy as jnp
 
 from funcprop.nn._layer import Layer, LayerRules, _describe
 from funcprop.nn.init import _initializer
-from funcprop.rules.conv import _pair, conv2d, resolve_padding
-from funcprop.rules.pool import avg_pool2d, max_pool2d
+from funcprop.rules._spatial import pair, padding_spec
+from funcprop.rules.conv import conv2d, conv2d_args
+from funcprop.rules.pool import avg_pool2d, max_pool2d, pool_args
 
 
 class ConvParams(NamedTuple):
@@ -21,62 +22,58 @@ class ConvParams(NamedTuple):
     bias: jax.Array  # (c_out,)
 
 
-def Conv2D(c_out: int, kernel_size, *, stride=1, padding="VALID", w_init="he_normal", b_init="zeros",
-           dtype=jnp.float32) -> Layer:
+def Conv2D(c_out: int, kernel_size, *, stride=1, padding="VALID", dilation=1, w_init="he_normal",
+           b_init="zeros", dtype=jnp.float32) -> Layer:
     """2-D convolution layer over NHWC examples ``(H, W, C_in)``; see :func:`funcprop.conv2d`.
 
     Args:
       c_out: output channels.
       kernel_size: an int or ``(kh, kw)``.
-      stride, padding: as in :func:`funcprop.conv2d` (``"VALID"``, ``"SAME"`` or pairs).
+      stride, padding, dilation: as in :func:`funcprop.conv2d` (padding ``"VALID"``,
+        ``"SAME"``, an int, a pair of ints or explicit pairs).
       w_init, b_init: initialiser names or functions; fans count the receptive field.
     """
     if isinstance(c_out, bool) or not isinstance(c_out, int) or c_out < 1:
         raise ValueError(f"Conv2D: c_out must be a positive int, got {c_out!r}")
-    window = _pair("Conv2D", "kernel_size", kernel_size)
-    stride = _pair("Conv2D", "stride", stride)
-    name = f"Conv2D({c_out}, {window[0]}x{window[1]}, stride {stride[0]}x{stride[1]}, {padding})"
+    window = pair("Conv2D", "kernel_size", kernel_size)
+    stride, dilation = pair("Conv2D", "stride", stride), pair("Conv2D", "dilation", dilation)
+    padding = padding_spec("Conv2D", padding)
+    dilated = "" if dilation == (1, 1) else f", dilation {dilation[0]}x{dilation[1]}"
+    name = f"Conv2D({c_out}, {window[0]}x{window[1]}, stride {stride[0]}x{stride[1]}, {padding}{dilated})"
     w_init, b_init = _initializer(name, w_init), _initializer(name, b_init)
     rule = conv2d.vjp_rule
-
-    def pads(x_shape):
-        return resolve_padding(name, padding, x_shape[-3:-1], window, stride)
 
     def init(key, input_shape):
         input_shape = tuple(input_shape)
         if len(input_shape) != 3:
             raise ValueError(f"{name}: input_shape must be one example (H, W, C_in), got {input_shape}")
-        out_shape = jax.eval_shape(
-            lambda x, k, b: conv2d(x, k, b, stride, padding),
-            jax.ShapeDtypeStruct(input_shape, dtype),
-            jax.ShapeDtypeStruct((*window, input_shape[2], c_out), dtype),
-            jax.ShapeDtypeStruct((c_out,), dtype),
-        ).shape
         k_w, k_b = jax.random.split(key)
-        return out_shape, ConvParams(w_init(k_w, (*window, input_shape[2], c_out), dtype), b_init(k_b, (c_out,), dtype))
+        params = ConvParams(w_init(k_w, (*window, input_shape[2], c_out), dtype), b_init(k_b, (c_out,), dtype))
+        return jax.eval_shape(apply, params, jax.ShapeDtypeStruct(input_shape, dtype)).shape, params
 
     def apply(params, x):
-        return conv2d(x, params.kernel, params.bias, stride, padding)
+        return conv2d(x, params.kernel, params.bias, stride, padding, dilation)
 
     def fwd(params, x):
-        jax.eval_shape(apply, params, x)  # the shape checks of conv2d, at trace time
-        return rule.fwd(x, params.kernel, params.bias, stride, pads(x.shape))
+        return rule.fwd(*conv2d_args(x, params.kernel, params.bias, stride, padding, dilation))
 
     def bwd(params, res, delta):
-        del params
-        x_bar, k_bar, b_bar = rule.bwd(stride, pads(res[0].shape), res, delta)
+        _, _, _, _, pads, _ = conv2d_args(res[0], params.kernel, params.bias, stride, padding, dilation)
+        x_bar, k_bar, b_bar = rule.bwd(stride, pads, dilation, res, delta)
         return ConvParams(k_bar, b_bar), x_bar
 
     def twin(params, x):
-        return rule.twin(x, params.kernel, params.bias, stride, padding)
+        return rule.twin(x, params.kernel, params.bias, stride, padding, dilation)
 
     return Layer(init, _describe(name, apply, rules=LayerRules(fwd, bwd, twin)))
 
 
-def _pool_layer(kind: str, rule, window, stride) -> Layer:
-    window = _pair(kind, "window", window)
-    stride = window if stride is None else _pair(kind, "stride", stride)
-    name = f"{kind}({window[0]}x{window[1]}, stride {stride[0]}x{stride[1]})"
+def _pool_layer(kind: str, rule, window, stride, padding, *options) -> Layer:
+    window = pair(kind, "window", window)
+    stride = window if stride is None else pair(kind, "stride", stride)
+    padding = padding_spec(kind, padding)
+    padded = "" if padding == "VALID" else f", {padding}"
+    name = f"{kind}({window[0]}x{window[1]}, stride {stride[0]}x{stride[1]}{padded})"
     vjp_rule = rule.vjp_rule
 
     def init(key, input_shape):
@@ -84,36 +81,42 @@ def _pool_layer(kind: str, rule, window, stride) -> Layer:
         input_shape = tuple(input_shape)
         if len(input_shape) != 3:
             raise ValueError(f"{name}: input_shape must be one example (H, W, C), got {input_shape}")
-        return jax.eval_shape(lambda x: rule(x, window, stride), jax.ShapeDtypeStruct(input_shape, jnp.float32)).shape, ()
+        return jax.eval_shape(lambda x: apply((), x), jax.ShapeDtypeStruct(input_shape, jnp.float32)).shape, ()
 
     def apply(params, x):
         del params
-        return rule(x, window, stride)
+        return rule(x, window, stride, padding, *options)
 
     def fwd(params, x):
-        jax.eval_shape(apply, params, x)
-        return vjp_rule.fwd(x, window, stride)
+        del params
+        x, _, _, pads = pool_args(rule.__name__, x, window, stride, padding)
+        y, res = vjp_rule.fwd(x, window, stride, pads, *options)
+        return y, (pads, res)
 
     def bwd(params, res, g):
         del params
-        (x_bar,) = vjp_rule.bwd(window, stride, res, g)
+        pads, res = res
+        (x_bar,) = vjp_rule.bwd(window, stride, pads, *options, res, g)
         return (), x_bar
 
     def twin(params, x):
         del params
-        return vjp_rule.twin(x, window, stride)
+        return vjp_rule.twin(x, window, stride, padding, *options)
 
     return Layer(init, _describe(name, apply, rules=LayerRules(fwd, bwd, twin)))
 
 
-def MaxPool2D(window, stride=None) -> Layer:
-    """Max pooling (VALID) over NHWC examples; ties go to the first maximum."""
-    return _pool_layer("MaxPool2D", max_pool2d, window, stride)
+def MaxPool2D(window, stride=None, padding="VALID") -> Layer:
+    """Max pooling over NHWC examples; ties go to the first maximum. Arguments as in
+    :func:`funcprop.max_pool2d`."""
+    return _pool_layer("MaxPool2D", max_pool2d, window, stride, padding)
 
 
-def AvgPool2D(window, stride=None) -> Layer:
-    """Average pooling (VALID) over NHWC examples."""
-    return _pool_layer("AvgPool2D", avg_pool2d, window, stride)
+def AvgPool2D(window, stride=None, padding="VALID", count_include_pad=True) -> Layer:
+    """Average pooling over NHWC examples. Arguments as in :func:`funcprop.avg_pool2d`."""
+    if not isinstance(count_include_pad, bool):
+        raise TypeError(f"AvgPool2D: count_include_pad must be True or False, got {count_include_pad!r}")
+    return _pool_layer("AvgPool2D", avg_pool2d, window, stride, padding, count_include_pad)
 
 
 def Flatten() -> Layer:

@@ -1,23 +1,33 @@
 """2-D convolution (NHWC input, HWIO kernel) and its hand-derived backward.
 
-Forward, per output position (y, x) and output channel o, with stride s and the input
-zero-padded by (p_lo, p_hi) on each spatial axis:
+Forward, per output position (y, x) and output channel o, with stride s, kernel
+dilation d and the input zero-padded by (p_lo, p_hi) on each spatial axis:
 
-    F[n, y, x, o] = β_o + Σ_{i, j, c} X_pad[n, s·y + i, s·x + j, c] K[i, j, c, o]
+    F[n, y, x, o] = β_o + Σ_{i, j, c} X_pad[n, s·y + d·i, s·x + d·j, c] K[i, j, c, o]
 
 Backward, with Δ = ∂L/∂F, each part one ``lax`` convolution:
 
-    X̄ = Δ (dilated by s) ⋆ flip(K)ᵀ        a transposed convolution: Δ with s − 1 zeros
-                                             between its entries, correlated with the
-                                             spatially flipped kernel, in/out swapped,
-                                             padded by k − 1 − p_lo and k − 1 − p_hi + r
-    K̄ = X_pad ⋆ Δ (as a dilated kernel)     a correlation of the input with Δ, the batch
-                                             axis contracted
+    X̄ = dilate(Δ, s) ⋆ flip(K)ᵀ        a transposed convolution: Δ with s − 1 zeros
+                                        between its entries, correlated with the
+                                        spatially flipped kernel (dilated by d), in/out
+                                        swapped, padded by k' − 1 − p_lo and
+                                        k' − 1 − p_hi + r
+    K̄[i, j] = Σ_{n, y, x} X_pad[n, s·y + d·i, s·x + d·j] ⊗ Δ[n, y, x]
+                                        a correlation of the input with Δ, the batch
+                                        axis contracted
     β̄ = Σ_{n, y, x} Δ
 
-where r = (H + p_lo + p_hi − k) mod s counts the input rows that no window reaches
-(they get zero gradient). No ``jax.vjp``: these are the formulas, written with
+where k' = d·(k − 1) + 1 is the dilated kernel's extent and
+r = (H + p_lo + p_hi − k') mod s counts the input rows that no window reaches (they
+get zero gradient). No ``jax.vjp``: these are the formulas, written with
 ``lax.conv_general_dilated``.
+
+Every convolution here is in the canonical NHWC/HWIO layout; the kernel gradient
+transposes its operands to get there (c_in becomes the batch, n the features).
+XLA:CPU brings other dimension numbers to its fast kernels only in the entry
+computation, not inside a loop body such as a training epoch's ``lax.scan``, where a
+non-canonical convolution runs as a naive loop nest 5 to 24 times slower
+(jax-ml/jax#12868; measured in ``experiments/conv_budget.py``).
 """
 
 from __future__ import annotations
@@ -27,100 +37,65 @@ import jax.numpy as jnp
 from jax import lax
 
 from funcprop.rules._core import as_float_array, custom_rule, implements, require_same_dtype
+from funcprop.rules._spatial import check_fits, explicit_padding, pair, padding_spec
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
-def conv2d_twin(x, kernel, bias, stride=1, padding="VALID"):
+def extent(k: int, d: int) -> int:
+    """k' = d·(k − 1) + 1: the span of a k-tap kernel dilated by d."""
+    return d * (k - 1) + 1
+
+
+def conv_static(fn: str, spatial, window, stride, padding, dilation):
+    """Normalize conv2d's static arguments: (stride, explicit pads, dilation) pairs."""
+    stride, dilation = pair(fn, "stride", stride), pair(fn, "dilation", dilation)
+    span = tuple(extent(k, d) for k, d in zip(window, dilation))
+    return stride, explicit_padding(padding_spec(fn, padding), spatial, span, stride), dilation
+
+
+def conv2d_twin(x, kernel, bias, stride=1, padding="VALID", dilation=1):
     """Plain twin of :func:`conv2d`: ``lax.conv_general_dilated`` plus the bias."""
     if x.ndim == 3:
-        return conv2d_twin(x[None], kernel, bias, stride, padding)[0]
-    stride = _pair("conv2d", "stride", stride)
-    pads = resolve_padding("conv2d", padding, x.shape[1:3], kernel.shape[:2], stride)
-    return lax.conv_general_dilated(x, kernel, stride, pads, dimension_numbers=_NHWC) + bias
+        return conv2d_twin(x[None], kernel, bias, stride, padding, dilation)[0]
+    stride, pads, dilation = conv_static("conv2d", x.shape[1:3], kernel.shape[:2], stride, padding, dilation)
+    out = lax.conv_general_dilated(x, kernel, stride, pads, rhs_dilation=dilation, dimension_numbers=_NHWC)
+    return out + bias
 
 
-def _conv2d_fwd(x, kernel, bias, stride, padding):
-    return conv2d_twin(x, kernel, bias, stride, padding), (x, kernel)
+def _conv2d_fwd(x, kernel, bias, stride, padding, dilation):
+    return conv2d_twin(x, kernel, bias, stride, padding, dilation), (x, kernel)
 
 
-def _uncovered(size, k, s, pad) -> int:
-    """r: input rows past the last window, (H + p_lo + p_hi − k) mod s."""
-    return (size + pad[0] + pad[1] - k) % s
-
-
-def _conv2d_bwd(stride, padding, res, delta):
+def _conv2d_bwd(stride, padding, dilation, res, delta):
     """X̄ = dilate(Δ, s) ⋆ flip(K)ᵀ,  K̄ = X_pad ⋆ dilate(Δ, s),  β̄ = Σ Δ."""
     x, kernel = res
-    kh, kw = kernel.shape[:2]
-    r = [_uncovered(n, k, s, p) for n, k, s, p in zip(x.shape[1:3], (kh, kw), stride, padding)]
+    span = [extent(k, d) for k, d in zip(kernel.shape[:2], dilation)]
+    r = [(n + p[0] + p[1] - k) % s for n, k, s, p in zip(x.shape[1:3], span, stride, padding)]
     # input: correlate the s-dilated Δ with the flipped kernel, I and O swapped
     flipped = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)  # (kh, kw, c_out, c_in)
-    x_pad = [(k - 1 - p[0], k - 1 - p[1] + ri) for k, p, ri in zip((kh, kw), padding, r)]
-    x_bar = lax.conv_general_dilated(delta, flipped, (1, 1), x_pad, lhs_dilation=stride, dimension_numbers=_NHWC)
-    # kernel: batch becomes the contracted axis, c_in the batch, Δ a kernel dilated by s
+    x_pad = [(k - 1 - p[0], k - 1 - p[1] + ri) for k, p, ri in zip(span, padding, r)]
+    x_bar = lax.conv_general_dilated(
+        delta, flipped, (1, 1), x_pad, lhs_dilation=stride, rhs_dilation=dilation, dimension_numbers=_NHWC
+    )
+    # kernel: c_in becomes the batch, n the contracted features, Δ a kernel dilated by s
     k_pad = [(p[0], p[1] - ri) for p, ri in zip(padding, r)]
     k_bar = lax.conv_general_dilated(
-        x, delta, (1, 1), k_pad, rhs_dilation=stride, dimension_numbers=("CHWN", "IHWO", "HWNC")
-    )
-    return x_bar, k_bar, jnp.sum(delta, axis=(0, 1, 2))
+        jnp.transpose(x, (3, 1, 2, 0)),  # (c_in, H, W, N)
+        jnp.transpose(delta, (1, 2, 0, 3)),  # (H_out, W_out, N, c_out)
+        dilation, k_pad, rhs_dilation=stride, dimension_numbers=_NHWC,
+    )  # (c_in, kh, kw, c_out)
+    return x_bar, jnp.transpose(k_bar, (1, 2, 0, 3)), jnp.sum(delta, axis=(0, 1, 2))
 
 
-_CONV2D = custom_rule(conv2d_twin, _conv2d_fwd, _conv2d_bwd, nondiff_argnums=(3, 4))
+_CONV2D = custom_rule(conv2d_twin, _conv2d_fwd, _conv2d_bwd, nondiff_argnums=(3, 4, 5))
 
 
-def _pair(fn: str, name: str, value) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value) if isinstance(value, (tuple, list)) else None
-    if pair is None or len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in pair):
-        raise ValueError(f"{fn}: {name} must be a positive int or a pair of them, got {value!r}")
-    return pair
+def conv2d_args(x, kernel, bias, stride, padding, dilation):
+    """conv2d's one place of validation: arrays, shapes, dtypes and static arguments.
 
-
-def same_padding(size: int, k: int, s: int) -> tuple[int, int]:
-    """SAME: output ceil(size / s), the padding split low-first as in XLA/TensorFlow."""
-    total = max((-(-size // s) - 1) * s + k - size, 0)
-    return total // 2, total - total // 2
-
-
-def resolve_padding(fn: str, padding, spatial, window, stride) -> tuple:
-    """``"VALID"``, ``"SAME"`` or ``((top, bottom), (left, right))`` as explicit pairs."""
-    if isinstance(padding, str) and padding.upper() in ("VALID", "SAME"):
-        if padding.upper() == "VALID":
-            return ((0, 0), (0, 0))
-        return tuple(same_padding(n, k, s) for n, k, s in zip(spatial, window, stride))
-    try:
-        pads = tuple(tuple(pair) for pair in padding)
-    except TypeError:
-        pads = ()
-    ok = len(pads) == 2 and all(
-        len(pair) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in pair) for pair in pads
-    )
-    if not ok:
-        raise ValueError(
-            f"{fn}: padding must be 'VALID', 'SAME' or ((top, bottom), (left, right)) of ints >= 0, "
-            f"got {padding!r}"
-        )
-    return pads
-
-
-@implements(_CONV2D)
-def conv2d(x, kernel, bias, stride=1, padding="VALID") -> jax.Array:
-    """2-D convolution (cross-correlation, as in every deep-learning library) plus bias.
-
-    Backward (see the module docstring): the input cotangent is a transposed
-    convolution of Δ, dilated by the stride, with the flipped kernel; the kernel
-    cotangent a correlation of the padded input with Δ; the bias cotangent Σ Δ over
-    batch and space. Keeps x and the kernel.
-
-    Args:
-      x: ``(N, H, W, C_in)``, NHWC; or ``(H, W, C_in)`` for one example.
-      kernel: ``(kh, kw, C_in, C_out)``, HWIO.
-      bias: ``(C_out,)``.
-      stride: an int or ``(sh, sw)``, static.
-      padding: ``"VALID"``, ``"SAME"`` or ``((top, bottom), (left, right))``, static.
-
-    Returns:
-      ``(N, H_out, W_out, C_out)`` with ``H_out = (H + top + bottom − kh) // sh + 1``.
+    Returns ``(x, kernel, bias, stride, pads, dilation)`` with explicit pads, ready for
+    the rule's core, its fwd and its twin.
     """
     fn = "conv2d"
     x = as_float_array(fn, "x", x)
@@ -138,15 +113,37 @@ def conv2d(x, kernel, bias, stride=1, padding="VALID") -> jax.Array:
     if bias.shape != (kernel.shape[3],):
         raise ValueError(f"{fn}: bias has shape {bias.shape} but kernel has shape {kernel.shape}; bias must be ({kernel.shape[3]},)")
     require_same_dtype(fn, x=x, kernel=kernel, bias=bias)
-    stride = _pair(fn, "stride", stride)
-    spatial, window = x.shape[-3:-1], kernel.shape[:2]
-    pads = resolve_padding(fn, padding, spatial, window, stride)
-    for axis, n, k, (lo, hi) in zip(("height", "width"), spatial, window, pads):
-        if n + lo + hi < k:
-            raise ValueError(
-                f"{fn}: the kernel {kernel.shape[:2]} is larger than the padded input {spatial} "
-                f"(padding {pads}) along the {axis}; use a smaller kernel or more padding"
-            )
+    spatial = x.shape[-3:-1]
+    stride, pads, dilation = conv_static(fn, spatial, kernel.shape[:2], stride, padding, dilation)
+    span = tuple(extent(k, d) for k, d in zip(kernel.shape[:2], dilation))
+    check_fits(fn, "kernel" if span == kernel.shape[:2] else "dilated kernel", spatial, span, pads, x.shape)
+    return x, kernel, bias, stride, pads, dilation
+
+
+@implements(_CONV2D)
+def conv2d(x, kernel, bias, stride=1, padding="VALID", dilation=1) -> jax.Array:
+    """2-D convolution (cross-correlation, as in every deep-learning library) plus bias.
+
+    Backward (see the module docstring): the input cotangent is a transposed
+    convolution of Δ, dilated by the stride, with the flipped kernel; the kernel
+    cotangent a correlation of the padded input with Δ; the bias cotangent Σ Δ over
+    batch and space. Keeps x and the kernel.
+
+    Args:
+      x: ``(N, H, W, C_in)``, NHWC; or ``(H, W, C_in)`` for one example.
+      kernel: ``(kh, kw, C_in, C_out)``, HWIO.
+      bias: ``(C_out,)``.
+      stride: an int or ``(sh, sw)``, static.
+      padding: ``"VALID"``, ``"SAME"``, an int, a pair of ints (symmetric per axis) or
+        ``((top, bottom), (left, right))``, static.
+      dilation: an int or ``(dh, dw)``: gaps between the kernel's taps
+        (``rhs_dilation``), static.
+
+    Returns:
+      ``(N, H_out, W_out, C_out)`` with ``H_out = (H + top + bottom − k') // sh + 1``
+      and ``k' = dh·(kh − 1) + 1``.
+    """
+    x, kernel, bias, stride, pads, dilation = conv2d_args(x, kernel, bias, stride, padding, dilation)
     if x.ndim == 3:
-        return _CONV2D.core(x[None], kernel, bias, stride, pads)[0]
-    return _CONV2D.core(x, kernel, bias, stride, pads)
+        return _CONV2D.core(x[None], kernel, bias, stride, pads, dilation)[0]
+    return _CONV2D.core(x, kernel, bias, stride, pads, dilation)

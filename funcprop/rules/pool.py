@@ -1,11 +1,16 @@
-"""Max and average pooling over NHWC windows (VALID), with hand-derived backwards.
+"""Max and average pooling over NHWC windows, with hand-derived backwards.
 
-Both backwards are written as a sum over the window's offsets (i, j): the cotangent of
-every window is sent back to the input position ``(s·y + i, s·x + j)`` by ``lax.pad``
+The input is first padded (−∞ for max, 0 for average) by the explicit pads of
+``padding``; the windows then tile the padded input as in VALID pooling. Both
+backwards are written as a sum over the window's offsets (i, j): the cotangent of every
+window is sent back to the padded-input position ``(s·y + i, s·x + j)`` by ``lax.pad``
 with interior padding (s − 1 zeros between entries), so overlapping windows
-(stride < window) add up, and positions no window covers get zero.
+(stride < window) add up, positions no window covers get zero, and the pad's share is
+sliced off at the end.
 
-- average: each of the k = kh·kw inputs of a window gets ``ḡ / k``;
+- average: each of the kh·kw positions of a window gets ``ḡ / c``, with c = kh·kw
+  (``count_include_pad=True``, as Flax and PyTorch default to) or the number of real
+  inputs in that window (``count_include_pad=False``);
 - max: the whole ``ḡ`` goes to the window's maximum. Ties: the *first* maximum in
   row-major order within the window (smallest i, then smallest j) takes it all, the
   others get zero. The residual is that offset, one uint8 per output element.
@@ -13,13 +18,15 @@ with interior padding (s − 1 zeros between entries), so overlapping windows
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
 from funcprop.rules._core import as_float_array, custom_rule, implements
-from funcprop.rules.conv import _pair
+from funcprop.rules._spatial import check_fits, explicit_padding, out_size, pair, padding_spec
 
 
 def _offsets(window):
@@ -32,133 +39,168 @@ def _window_slice(x, i, j, out_hw, stride):
     return lax.slice(x, (0, i, j, 0), (x.shape[0], i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, x.shape[3]), (1, sh, sw, 1))
 
 
-def _scatter_to_input(v, i, j, in_hw, stride):
-    """The inverse placement of :func:`_window_slice`: v at rows s·y + i, zeros elsewhere."""
+def _scatter_to_input(v, i, j, in_hw, stride, pads):
+    """The inverse placement of :func:`_window_slice` on the padded input, then the pad
+    cut off: v at rows s·y + i − top, zeros elsewhere."""
     (h, w), (sh, sw), (ho, wo) = in_hw, stride, v.shape[1:3]
-    cfg = [(0, 0, 0), (i, h - i - sh * (ho - 1) - 1, sh - 1), (j, w - j - sw * (wo - 1) - 1, sw - 1), (0, 0, 0)]
+    (top, bottom), (left, right) = pads
+    cfg = [(0, 0, 0), (i - top, h + top - i - sh * (ho - 1) - 1, sh - 1),
+           (j - left, w + left - j - sw * (wo - 1) - 1, sw - 1), (0, 0, 0)]
     return lax.pad(v, jnp.zeros((), v.dtype), cfg)
 
 
-def _out_hw(x, window, stride):
-    return tuple((n - k) // s + 1 for n, k, s in zip(x.shape[1:3], window, stride))
+def _out_hw(in_hw, window, stride, pads):
+    return tuple(out_size(n, k, s, p) for n, k, s, p in zip(in_hw, window, stride, pads))
 
 
-# --- max_pool2d ----------------------------------------------------------------------
+def _pad(x, pads, value):
+    (top, bottom), (left, right) = pads
+    return lax.pad(x, jnp.asarray(value, x.dtype), [(0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)])
 
 
-def _static(window, stride):
-    window = _pair("pool", "window", window)
-    return window, window if stride is None else _pair("pool", "stride", stride)
+def pool_static(fn: str, spatial, window, stride, padding):
+    """Normalize a pool's static arguments: (window, stride, explicit pads)."""
+    window = pair(fn, "window", window)
+    stride = window if stride is None else pair(fn, "stride", stride)
+    return window, stride, explicit_padding(padding_spec(fn, padding), spatial, window, stride)
 
 
 def _one_example_too(pool):
     """Let a twin taking (N, H, W, C) take (H, W, C) as well."""
 
-    def twin(x, window, stride=None):
-        return pool(x[None], window, stride)[0] if x.ndim == 3 else pool(x, window, stride)
+    @functools.wraps(pool)  # the signature too, which custom_vjp binds arguments by
+    def twin(x, *args, **kwargs):
+        return pool(x[None], *args, **kwargs)[0] if x.ndim == 3 else pool(x, *args, **kwargs)
 
-    twin.__name__, twin.__doc__ = pool.__name__, pool.__doc__
     return twin
 
 
+# --- max_pool2d ----------------------------------------------------------------------
+
+
 @_one_example_too
-def max_pool2d_twin(x, window, stride=None):
+def max_pool2d_twin(x, window, stride=None, padding="VALID"):
     """Plain twin of :func:`max_pool2d`: ``lax.reduce_window`` with ``max``."""
-    window, stride = _static(window, stride)
-    return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *stride, 1), "VALID")
+    window, stride, pads = pool_static("max_pool2d", x.shape[1:3], window, stride, padding)
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *stride, 1), ((0, 0), *pads, (0, 0)))
 
 
-def _max_pool2d_fwd(x, window, stride):
-    out_hw = _out_hw(x, window, stride)
-    patches = jnp.stack([_window_slice(x, i, j, out_hw, stride) for i, j in _offsets(window)])
+def _max_pool2d_fwd(x, window, stride, pads):
+    out_hw = _out_hw(x.shape[1:3], window, stride, pads)
+    xp = _pad(x, pads, -jnp.inf)
+    patches = jnp.stack([_window_slice(xp, i, j, out_hw, stride) for i, j in _offsets(window)])
     arg = jnp.argmax(patches, axis=0).astype(jnp.uint8)  # first maximum on ties
     return jnp.max(patches, axis=0), (arg, x.shape[1:3])
 
 
-def _max_pool2d_bwd(window, stride, res, g):
+def _max_pool2d_bwd(window, stride, pads, res, g):
     """x̄ = Σ_(i,j) place(ḡ ⊙ [argmax = (i, j)]): all of ḡ to the first maximum."""
     arg, in_hw = res
     x_bar = sum(
-        _scatter_to_input(jnp.where(arg == k, g, 0), i, j, in_hw, stride) for k, (i, j) in enumerate(_offsets(window))
+        _scatter_to_input(jnp.where(arg == k, g, 0), i, j, in_hw, stride, pads)
+        for k, (i, j) in enumerate(_offsets(window))
     )
     return (x_bar,)
 
 
-_MAX_POOL2D = custom_rule(max_pool2d_twin, _max_pool2d_fwd, _max_pool2d_bwd, nondiff_argnums=(1, 2))
+_MAX_POOL2D = custom_rule(max_pool2d_twin, _max_pool2d_fwd, _max_pool2d_bwd, nondiff_argnums=(1, 2, 3))
 
 
 # --- avg_pool2d ----------------------------------------------------------------------
 
 
+def _window_counts(in_hw, window, stride, pads, count_include_pad: bool) -> np.ndarray:
+    """c per output position ``(H_out, W_out, 1)``: kh·kw, or the real inputs it covers."""
+    out_hw = _out_hw(in_hw, window, stride, pads)
+    if count_include_pad:
+        return np.full((*out_hw, 1), window[0] * window[1], np.float64)
+    per_axis = []
+    for n, k, s, (lo, _), m in zip(in_hw, window, stride, pads, out_hw):
+        start = s * np.arange(m) - lo  # the window's first row, in input coordinates
+        per_axis.append(np.minimum(start + k, n) - np.maximum(start, 0))
+    return np.outer(*per_axis)[..., None].astype(np.float64)
+
+
 @_one_example_too
-def avg_pool2d_twin(x, window, stride=None):
-    """Plain twin of :func:`avg_pool2d`: a window sum divided by kh·kw."""
-    window, stride = _static(window, stride)
+def avg_pool2d_twin(x, window, stride=None, padding="VALID", count_include_pad=True):
+    """Plain twin of :func:`avg_pool2d`: a window sum divided by the window's count."""
+    window, stride, pads = pool_static("avg_pool2d", x.shape[1:3], window, stride, padding)
     zero = np.zeros((), x.dtype)  # a concrete identity, so XLA sees a window sum JAX can differentiate
-    summed = lax.reduce_window(x, zero, lax.add, (1, *window, 1), (1, *stride, 1), "VALID")
-    return summed / (window[0] * window[1])
+    summed = lax.reduce_window(x, zero, lax.add, (1, *window, 1), (1, *stride, 1), ((0, 0), *pads, (0, 0)))
+    return summed / _window_counts(x.shape[1:3], window, stride, pads, count_include_pad).astype(x.dtype)
 
 
-def _avg_pool2d_fwd(x, window, stride):
-    return avg_pool2d_twin(x, window, stride), x.shape[1:3]
+def _avg_pool2d_fwd(x, window, stride, pads, count_include_pad):
+    return avg_pool2d_twin(x, window, stride, pads, count_include_pad), x.shape[1:3]
 
 
-def _avg_pool2d_bwd(window, stride, in_hw, g):
-    """x̄ = Σ_(i,j) place(ḡ / (kh·kw)): every input of a window gets an equal share."""
-    share = g / (window[0] * window[1])
-    return (sum(_scatter_to_input(share, i, j, in_hw, stride) for i, j in _offsets(window)),)
+def _avg_pool2d_bwd(window, stride, pads, count_include_pad, in_hw, g):
+    """x̄ = Σ_(i,j) place(ḡ / c): every input of a window gets an equal share."""
+    share = g / _window_counts(in_hw, window, stride, pads, count_include_pad).astype(g.dtype)
+    return (sum(_scatter_to_input(share, i, j, in_hw, stride, pads) for i, j in _offsets(window)),)
 
 
-_AVG_POOL2D = custom_rule(avg_pool2d_twin, _avg_pool2d_fwd, _avg_pool2d_bwd, nondiff_argnums=(1, 2))
+_AVG_POOL2D = custom_rule(avg_pool2d_twin, _avg_pool2d_fwd, _avg_pool2d_bwd, nondiff_argnums=(1, 2, 3, 4))
 
 
 # --- the public wrappers ------------------------------------------------------------------
 
 
-def _pool_args(fn: str, x, window, stride):
+def pool_args(fn: str, x, window, stride, padding):
+    """A pool's one place of validation: returns ``(x, window, stride, pads)``."""
     x = as_float_array(fn, "x", x)
     if x.ndim not in (3, 4):
         raise ValueError(f"{fn}: x must be NHWC (N, H, W, C) or one example (H, W, C), got shape {x.shape}")
-    window = _pair(fn, "window", window)
-    stride = window if stride is None else _pair(fn, "stride", stride)
+    spatial = x.shape[-3:-1]
+    window, stride, pads = pool_static(fn, spatial, window, stride, padding)
     if window[0] * window[1] > 255:
         raise ValueError(f"{fn}: window {window} has more than 255 elements; use a smaller window")
-    spatial = x.shape[-3:-1]
-    if window[0] > spatial[0] or window[1] > spatial[1]:
-        raise ValueError(f"{fn}: window {window} is larger than the input's spatial shape {spatial} (x: {x.shape})")
-    return x, window, stride
+    for k, (lo, hi) in zip(window, pads):
+        if lo >= k or hi >= k:
+            raise ValueError(
+                f"{fn}: padding {pads} must be smaller than the window {window} on every side, so that no "
+                f"window holds only padding; use less padding"
+            )
+    check_fits(fn, "window", spatial, window, pads, x.shape)
+    return x, window, stride, pads
 
 
-def _batched(core, x, window, stride):
+def _batched(core, x, *static):
     if x.ndim == 3:
-        return core(x[None], window, stride)[0]
-    return core(x, window, stride)
+        return core(x[None], *static)[0]
+    return core(x, *static)
 
 
 @implements(_MAX_POOL2D)
-def max_pool2d(x, window, stride=None) -> jax.Array:
-    """Max over each ``window`` (VALID), NHWC; backward routes ḡ to the maximum.
+def max_pool2d(x, window, stride=None, padding="VALID") -> jax.Array:
+    """Max over each ``window``, NHWC; backward routes ḡ to the maximum.
 
     Ties: the first maximum of a window in row-major order takes the whole gradient.
-    Keeps one uint8 per output element (the offset of the maximum).
+    Padding is −∞ (it never wins over a real input). Keeps one uint8 per output
+    element (the offset of the maximum).
 
     Args:
       x: ``(N, H, W, C)`` or ``(H, W, C)``.
       window: an int or ``(kh, kw)``, static.
       stride: an int or ``(sh, sw)``; defaults to the window (non-overlapping).
+      padding: ``"VALID"``, ``"SAME"``, an int, a pair of ints (symmetric per axis) or
+        ``((top, bottom), (left, right))``; each side smaller than the window.
 
     Returns:
-      ``(N, (H − kh) // sh + 1, (W − kw) // sw + 1, C)``.
+      ``(N, (H + top + bottom − kh) // sh + 1, (W + left + right − kw) // sw + 1, C)``.
     """
-    x, window, stride = _pool_args("max_pool2d", x, window, stride)
-    return _batched(_MAX_POOL2D.core, x, window, stride)
+    return _batched(_MAX_POOL2D.core, *pool_args("max_pool2d", x, window, stride, padding))
 
 
 @implements(_AVG_POOL2D)
-def avg_pool2d(x, window, stride=None) -> jax.Array:
-    """Mean over each ``window`` (VALID), NHWC; backward spreads ḡ / (kh·kw) evenly.
+def avg_pool2d(x, window, stride=None, padding="VALID", count_include_pad=True) -> jax.Array:
+    """Mean over each ``window``, NHWC; backward spreads ḡ / c evenly over the window.
 
-    Keeps nothing but the input's shape. Arguments as in :func:`max_pool2d`.
+    The padding is zeros. ``count_include_pad=True`` (the default, as in Flax and
+    PyTorch) divides every window by c = kh·kw; ``False`` by the number of real inputs
+    in the window. Keeps nothing but the input's shape. Other arguments as in
+    :func:`max_pool2d`.
     """
-    x, window, stride = _pool_args("avg_pool2d", x, window, stride)
-    return _batched(_AVG_POOL2D.core, x, window, stride)
+    if not isinstance(count_include_pad, bool):
+        raise TypeError(f"avg_pool2d: count_include_pad must be True or False, got {count_include_pad!r}")
+    return _batched(_AVG_POOL2D.core, *pool_args("avg_pool2d", x, window, stride, padding), count_include_pad)

@@ -124,11 +124,23 @@ RULES: tuple[RuleCase, ...] = (
     ),
     RuleCase("conv2d/stride=3,VALID", conv2d, _normal((2, 9, 8, 2), (3, 2, 2, 3), (3,)), {"stride": 3}),
     RuleCase("conv2d/one-example", conv2d, _normal((6, 5, 2), (3, 3, 2, 3), (3,)), {"padding": "SAME"}),
+    # padding as one int and as a pair per axis (PyTorch's and Flax's forms); dilation
+    RuleCase("conv2d/padding=1", conv2d, _normal((2, 5, 6, 2), (3, 3, 2, 3), (3,)), {"padding": 1}),
+    RuleCase("conv2d/padding=(2,1),stride=2", conv2d, _normal((2, 6, 5, 2), (3, 2, 2, 3), (3,)),
+             {"padding": (2, 1), "stride": 2}),
+    RuleCase("conv2d/dilation=2", conv2d, _normal((2, 8, 7, 2), (3, 2, 2, 3), (3,)), {"dilation": 2}),
+    RuleCase("conv2d/dilation=(2,1),stride=2,SAME", conv2d, _normal((2, 9, 7, 2), (3, 3, 2, 4), (4,)),
+             {"dilation": (2, 1), "stride": 2, "padding": "SAME"}),
     RuleCase("max_pool2d", max_pool2d, _normal((2, 6, 6, 3)), {"window": 2}),
     RuleCase("max_pool2d/odd,overlap", max_pool2d, _normal((2, 7, 5, 2)), {"window": (3, 2), "stride": (2, 1)}),
     RuleCase("max_pool2d/one-example", max_pool2d, _normal((5, 5, 2)), {"window": 2}),
+    RuleCase("max_pool2d/SAME", max_pool2d, _normal((2, 5, 7, 2)), {"window": 3, "stride": 2, "padding": "SAME"}),
+    RuleCase("max_pool2d/padding=1", max_pool2d, _normal((2, 6, 5, 2)), {"window": 3, "stride": 2, "padding": 1}),
     RuleCase("avg_pool2d", avg_pool2d, _normal((2, 6, 6, 3)), {"window": 2}),
     RuleCase("avg_pool2d/odd,overlap", avg_pool2d, _normal((1, 7, 5, 2)), {"window": (3, 2), "stride": (2, 1)}),
+    RuleCase("avg_pool2d/padding=1", avg_pool2d, _normal((2, 6, 5, 2)), {"window": 3, "stride": 2, "padding": 1}),
+    RuleCase("avg_pool2d/SAME,exclude-pad", avg_pool2d, _normal((2, 5, 7, 2)),
+             {"window": 3, "stride": 2, "padding": "SAME", "count_include_pad": False}),
 )
 
 
