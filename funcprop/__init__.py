@@ -4,7 +4,11 @@ Every primitive is a ``jax.custom_vjp`` whose backward is the hand-derived formu
 (Ωᵀ δ, δ hᵀ, Σ δ, a'(f) ⊙ ḡ, p − y); ``jax.jit`` compiles it for CPU, GPU or TPU.
 """
 
-from funcprop.rules import (
+from funcprop.xla_flags import apply_cpu_flags
+
+apply_cpu_flags()  # before JAX's first compilation; see funcprop/xla_flags.py
+
+from funcprop.rules import (  # noqa: E402
     avg_pool2d,
     conv2d,
     max_pool2d,
@@ -23,7 +27,7 @@ from funcprop.rules import (
     tanh,
 )
 
-from funcprop import backprop, check, checkpoint, data, nn, train  # noqa: E402  (submodules)
+from funcprop import backprop, check, checkpoint, data, nn, train, xla_flags  # noqa: E402  (submodules)
 
 __version__ = "0.1.0"
 
@@ -37,6 +41,7 @@ __all__ = [
     "data",
     "nn",
     "train",
+    "xla_flags",
     "check_labels",
     "dense",
     "gelu",

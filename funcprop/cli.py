@@ -177,8 +177,10 @@ def _cmd_train(args) -> int:
         plots.plot_decision_boundary(model.apply, result.params, ds.x_test, ds.y_test, out / "boundary.png", title=title)
     last = result.history[-1] if result.history else {}
     (out / "config.json").write_text(json.dumps({k: v for k, v in vars(args).items() if k != "run"}, indent=2))
-    print(f"{title}: {len(result.history)} epochs, test accuracy {100 * last.get('test_accuracy', float('nan')):.2f}%, "
-          f"wrote {out}/")
+    accuracy = last.get("test_accuracy")
+    score = (f"test accuracy {100 * accuracy:.2f}%" if accuracy is not None
+             else f"test loss {last['test_loss']:.4f}" if last else "nothing left to train")
+    print(f"{title}: {len(result.history)} epochs, {score}, wrote {out}/")
     return 0
 
 

@@ -28,17 +28,22 @@ def _save(fig, path) -> pathlib.Path:
 
 
 def plot_history(history: list, path, title: str = "training") -> pathlib.Path:
-    """Loss (train and test) and test accuracy per epoch, side by side."""
+    """Loss (train and test) and test accuracy per epoch, side by side (the loss alone
+    where the history has no accuracy, as for ``mse``)."""
     plt = _pyplot()
     epochs = [r["epoch"] for r in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    has_accuracy = any(r.get("test_accuracy") is not None for r in history)
+    fig, axes = plt.subplots(1, 2 if has_accuracy else 1, figsize=(10 if has_accuracy else 5, 3.8), squeeze=False)
+    ax_loss = axes[0, 0]
     ax_loss.plot(epochs, [r["train_loss"] for r in history], label="train")
     ax_loss.plot(epochs, [r["test_loss"] for r in history], label="test")
     ax_loss.set(xlabel="epoch", ylabel="loss", yscale="log", title=f"{title}: loss")
     ax_loss.legend()
-    ax_acc.plot(epochs, [100 * r["test_accuracy"] for r in history], color="C2")
-    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title=f"{title}: test accuracy")
-    ax_acc.grid(alpha=0.3)
+    if has_accuracy:
+        ax_acc = axes[0, 1]
+        ax_acc.plot(epochs, [100 * r["test_accuracy"] for r in history], color="C2")
+        ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title=f"{title}: test accuracy")
+        ax_acc.grid(alpha=0.3)
     out = _save(fig, path)
     plt.close(fig)
     return out

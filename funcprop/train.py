@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from funcprop import backprop, checkpoint, nn, shuffle
-from funcprop.rules.losses import softmax_cross_entropy
+from funcprop.rules.losses import sigmoid_binary_cross_entropy, softmax_cross_entropy
 
 GRADIENTS = ("rules", "twins", "backprop")
 
@@ -100,19 +100,66 @@ def make_epoch(grad_fn, optimizer: optax.GradientTransformation, n_examples: int
     return jax.jit(epoch, donate_argnums=0)
 
 
-def make_evaluate(apply, loss: Callable = softmax_cross_entropy):
-    """A jitted ``evaluate(params, x, y) -> (mean loss, accuracy)``; accuracy for class ids."""
+EVAL_BATCH = 1024  # examples per evaluation chunk: bounds the activations held at once
+
+
+def accuracy_kind(loss: Callable, y) -> str | None:
+    """What "accuracy" means for this loss and these targets, or None where nothing does.
+
+    ``"class-ids"``: cross-entropy on int labels, argmax = label; ``"argmax"``:
+    cross-entropy on probability labels, argmax = the labels' argmax; ``"binary"``:
+    binary cross-entropy on 0/1 targets, logit > 0 = target. None for ``mse``, for
+    soft binary targets and for any other loss.
+    """
+    y = jnp.asarray(y)
+    if loss is softmax_cross_entropy:
+        return "class-ids" if jnp.issubdtype(y.dtype, jnp.integer) else "argmax"
+    if loss is sigmoid_binary_cross_entropy and bool(jnp.all((y == 0) | (y == 1))):
+        return "binary"
+    return None
+
+
+def _n_correct(kind, out, y):
+    if kind == "class-ids":
+        return jnp.sum(jnp.argmax(out, axis=-1) == y)
+    if kind == "argmax":
+        return jnp.sum(jnp.argmax(out, axis=-1) == jnp.argmax(y, axis=-1))
+    return jnp.sum((out > 0) == (y > 0.5)) / math.prod(out.shape[1:])  # per example
+
+
+def make_evaluate(apply, loss: Callable = softmax_cross_entropy, *, accuracy: str | None = "class-ids",
+                  batch_size: int = EVAL_BATCH):
+    """A jitted ``evaluate(params, x, y) -> (mean loss, accuracy or None)``.
+
+    The examples are evaluated in chunks of ``batch_size`` (a ``lax.scan`` over the full
+    chunks, then the remainder), so memory stays bounded on a large test set; the loss
+    is each chunk's mean weighted by its size, which is the mean over all examples for
+    every funcprop loss. ``accuracy`` is an :func:`accuracy_kind` (None: no accuracy).
+    """
+    if accuracy not in (None, "class-ids", "argmax", "binary"):
+        raise ValueError(f"make_evaluate: accuracy must be None, 'class-ids', 'argmax' or 'binary', got {accuracy!r}")
+
+    def chunk(params, x, y):  # (Σ loss, Σ correct) over the chunk's examples
+        out = apply(params, x)
+        correct = _n_correct(accuracy, out, y) if accuracy else 0
+        return loss(out, y) * x.shape[0], jnp.asarray(correct, jnp.float32)
 
     def evaluate(params, x, y):
-        out = apply(params, x)
-        if jnp.issubdtype(y.dtype, jnp.integer):
-            accuracy = jnp.mean(jnp.argmax(out, axis=-1) == y)
-        else:
-            accuracy = jnp.mean((out > 0) == (y > 0.5))
-        return loss(out, y), accuracy
+        n = x.shape[0]
+        if n == 0:
+            raise ValueError("evaluate: no examples to evaluate (x has 0 rows); pass a non-empty test set")
+        full, b = n // batch_size, min(batch_size, n)
+        parts = []
+        if full:
+            xs = x[: full * b].reshape(full, b, *x.shape[1:])
+            ys = y[: full * b].reshape(full, b, *y.shape[1:])
+            parts.append(jax.tree.map(jnp.sum, jax.lax.map(lambda xy: chunk(params, *xy), (xs, ys))))
+        if full * b < n:
+            parts.append(chunk(params, x[full * b:], y[full * b:]))
+        total_loss, correct = (sum(t) for t in zip(*parts))
+        return total_loss / n, (correct / n if accuracy else None)
 
     return jax.jit(evaluate)
-
 
 
 def train(
@@ -173,8 +220,15 @@ def train(
         raise TypeError(f"train: key must be a typed PRNG key from jax.random.key(seed), got {key!r}")
     apply = model.apply if isinstance(model, tuple) else model
     epoch_fn = make_epoch(loss_and_grad(model, loss, gradient), optimizer, n, batch_size)
-    evaluate = make_evaluate(apply, loss)
     x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
+    accuracy = accuracy_kind(loss, y_test)
+    if target_accuracy is not None and accuracy is None:
+        raise ValueError(
+            "train: target_accuracy needs an accuracy, and there is none for this loss and these targets "
+            "(class ids or probabilities with softmax_cross_entropy, 0/1 targets with "
+            "sigmoid_binary_cross_entropy); leave target_accuracy=None"
+        )
+    evaluate = make_evaluate(apply, loss, accuracy=accuracy)
 
     # the epoch donates its state: copy, so the caller's params and key stay usable
     state = jax.tree.map(jnp.copy, TrainState(params, optimizer.init(params), key, jnp.zeros((), jnp.int32)))
@@ -204,7 +258,7 @@ def train(
             "epoch": int(state.epoch),
             "train_loss": float(train_loss),
             "test_loss": float(test_loss),
-            "test_accuracy": float(test_accuracy),
+            "test_accuracy": None if test_accuracy is None else float(test_accuracy),
             "epoch_time_s": time.perf_counter() - t0,
             "elapsed_s": offset + time.perf_counter() - start,
         }

@@ -3,10 +3,12 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+import funcprop as fp
 from funcprop import data, nn, train
 
 pytestmark = pytest.mark.usefixtures("standard_promotion")
@@ -115,3 +117,50 @@ def test_resume_with_other_settings_is_refused(toy_data, tmp_path):
     _run(toy_data, epochs=1, checkpoint_path=path, config={"lr": 0.01})
     with pytest.raises(ValueError, match=r"train: the checkpoint .* was written with other settings \(lr: 0.01 then, 5.0 now\)"):
         _run(toy_data, epochs=2, checkpoint_path=path, resume=True, config={"lr": 5.0})
+
+
+# --- evaluation in chunks; accuracy only where the loss defines one ---------------------
+
+
+@pytest.mark.parametrize("batch_size", [1024, 7, 50])  # one remainder chunk; full chunks and a rest; exact
+def test_evaluate_in_chunks_equals_one_pass(batch_size):
+    model = nn.mlp([3, 5, 4])
+    _, params = model.init(jax.random.key(0), (3,))
+    x = jax.random.normal(jax.random.key(1), (50, 3), jnp.float32)
+    y = jax.random.randint(jax.random.key(2), (50,), 0, 4)
+    loss, acc = train.make_evaluate(model.apply, fp.softmax_cross_entropy, batch_size=batch_size)(params, x, y)
+    out = model.apply(params, x)
+    np.testing.assert_allclose(loss, fp.softmax_cross_entropy(out, y), rtol=1e-6)
+    np.testing.assert_allclose(acc, np.mean(np.argmax(out, -1) == y), rtol=1e-6)
+
+
+def test_accuracy_only_where_the_loss_defines_one():
+    ids, probs = jnp.array([0, 2]), jnp.array([[0.9, 0.1], [0.2, 0.8]])
+    assert train.accuracy_kind(fp.softmax_cross_entropy, ids) == "class-ids"
+    assert train.accuracy_kind(fp.softmax_cross_entropy, probs) == "argmax"
+    assert train.accuracy_kind(fp.sigmoid_binary_cross_entropy, jnp.array([[0.0, 1.0]])) == "binary"
+    assert train.accuracy_kind(fp.sigmoid_binary_cross_entropy, jnp.array([[0.3, 1.0]])) is None
+    assert train.accuracy_kind(fp.mse, jnp.zeros((2, 3))) is None
+    model = nn.mlp([3, 4, 2])
+    _, params = model.init(jax.random.key(0), (3,))
+    x = jax.random.normal(jax.random.key(1), (9, 3), jnp.float32)
+    target = jax.random.normal(jax.random.key(2), (9, 2), jnp.float32)
+    loss, acc = train.make_evaluate(model.apply, fp.mse, accuracy=None, batch_size=4)(params, x, target)
+    assert acc is None
+    np.testing.assert_allclose(loss, fp.mse(model.apply(params, x), target), rtol=1e-6)
+    bits = (target > 0).astype(jnp.float32)
+    _, acc = train.make_evaluate(model.apply, fp.sigmoid_binary_cross_entropy, accuracy="binary")(params, x, bits)
+    np.testing.assert_allclose(acc, np.mean((model.apply(params, x) > 0) == (bits > 0.5)), rtol=1e-6)
+
+
+def test_mse_training_records_no_accuracy(tmp_path):
+    model = nn.mlp([2, 8, 2])
+    _, params = model.init(jax.random.key(0), (2,))
+    x = np.asarray(jax.random.normal(jax.random.key(1), (64, 2), jnp.float32))
+    ds = data.Dataset(x[:48], np.sin(x[:48]), x[48:], np.sin(x[48:]), 2, "regression")
+    result = train.train(model, params, optax.adam(1e-2), ds, epochs=2, batch_size=16, key=jax.random.key(2),
+                         loss=fp.mse, progress=False, out_dir=tmp_path)
+    assert [r["test_accuracy"] for r in result.history] == [None, None]
+    with pytest.raises(ValueError, match="train: target_accuracy needs an accuracy"):
+        train.train(model, params, optax.adam(1e-2), ds, epochs=1, batch_size=16, key=jax.random.key(2), loss=fp.mse,
+                    progress=False, target_accuracy=0.9)

@@ -1,0 +1,59 @@
+"""XLA:CPU settings that funcprop applies when it is imported, before JAX compiles.
+
+On XLA:CPU (jaxlib 0.10), a convolution goes to YNNPACK by default. For the kernel
+gradient of a 28×28 convolution (a correlation whose window is the whole 28×28 image)
+YNNPACK is slow: the CNN's training step at batch 64 took 2.2× longer than with the same
+convolutions run by Eigen, XLA's other CPU path (measured in
+``experiments/conv_budget.py``). The flag below takes convolutions out of YNNPACK's
+fusions; matmuls and elementwise work stay with it.
+
+XLA reads ``XLA_FLAGS`` once, at the first compilation of the process, so this takes
+effect only if funcprop is imported before anything is jitted. It is skipped:
+
+- where ``XLA_FLAGS`` already names ``--xla_cpu_experimental_ynn_fusion_type`` (your
+  value wins: to keep YNNPACK's default, set ``...ynn_fusion_type=individual_convolution``
+  yourself, or ``FUNCPROP_XLA_FLAGS=0``);
+- on a jaxlib other than the versions it was checked on: the flag is experimental, and
+  XLA aborts the process at an unknown flag.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import metadata
+
+FLAG_NAME = "--xla_cpu_experimental_ynn_fusion_type"
+CONV_FLAG = f"{FLAG_NAME}=-individual_convolution"
+CHECKED_JAXLIB = ("0.10.",)  # version prefixes where the flag exists and was measured
+
+
+def apply_cpu_flags(environ=os.environ) -> bool:
+    """Add :data:`CONV_FLAG` to ``environ["XLA_FLAGS"]`` unless told not to; True if added."""
+    flags = environ.get("XLA_FLAGS", "")
+    if environ.get("FUNCPROP_XLA_FLAGS", "1") == "0" or FLAG_NAME in flags:
+        return False
+    try:
+        version = metadata.version("jaxlib")
+    except metadata.PackageNotFoundError:
+        return False
+    if not version.startswith(CHECKED_JAXLIB):
+        return False
+    environ["XLA_FLAGS"] = f"{flags} {CONV_FLAG}".strip()
+    return True
+
+
+def conv_flag_in_effect() -> bool:
+    """Whether this process's XLA:CPU compiles convolutions without YNNPACK: compiles the
+    kernel gradient of a small 28×28 convolution and reads the optimized HLO."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    if jax.default_backend() != "cpu":
+        return False
+    # the 28×28 CNN's second kernel gradient; YNNPACK takes only convolutions this large
+    x = jax.ShapeDtypeStruct((32, 28, 28, 64), jnp.float32)  # (c_in, H, W, N), as conv2d's bwd has it
+    delta = jax.ShapeDtypeStruct((28, 28, 64, 64), jnp.float32)  # (H_out, W_out, N, c_out)
+    conv = jax.jit(lambda x, d: lax.conv_general_dilated(2 * x, d, (1, 1), ((1, 1), (1, 1)),
+                                                         dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    return "__ynn_fusion" not in conv.lower(x, delta).compile().as_text()
