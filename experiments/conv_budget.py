@@ -32,8 +32,10 @@ XLA reads XLA_FLAGS at a process's first compilation, so each setting runs in it
 process (``--worker yes|no``): "yes" with ``funcprop.xla_flags.CONV_FLAG`` (convs by
 Eigen, funcprop's default), "no" with ``FUNCPROP_XLA_FLAGS=0`` (YNNPACK, XLA's). The
 two run one after the other; within each, times are medians over interleaved rounds
-(a new order every round), each timer repeated to about --target seconds a round.
-Writes conv_budget.json and conv_budget.md in --out.
+(a new order every round), each timer repeated to about --target seconds a round. A
+timer whose one call takes over a second (a naive loop nest in the scan: the old kernel
+gradient at 28×28 takes about a minute a call) has two samples only: its sizing call and
+round 1. Writes conv_budget.json and conv_budget.md in --out.
 """
 
 import argparse
@@ -55,6 +57,7 @@ from funcprop.rules.conv import _NHWC, _conv2d_bwd, conv_static
 
 SCAN = 8  # iterations of the rolled scan, and steps of the epoch
 TOL = 1e-4  # max |form - reference| / max |reference|
+SLOW = 1.0  # seconds a call, beyond which a timer runs in round 1 only
 RULE = {"forward": "canonical NHWC/HWIO", "input gradient": "(a) flipped swapped kernel, canonical (rule)",
         "kernel gradient": "(a) transposes + canonical conv (rule)"}
 
@@ -116,9 +119,9 @@ def timers(f, a, b):
     def body(s, a, b):
         return 1e-3 * jnp.mean(f(a + s, b + s))
 
-    alone = jax.jit(body)
-    looped = jax.jit(lambda s, a, b: lax.scan(lambda c, _: (body(c, a, b), None), s, None, length=SCAN)[0])
+    looped = lambda s, a, b: lax.scan(lambda c, _: (body(c, a, b), None), s, None, length=SCAN)[0]
     s = jnp.zeros((), jnp.float32)
+    alone, looped = (jax.jit(g).lower(s, a, b).compile() for g in (body, looped))
     return bench._timer(lambda: alone(s, a, b)), bench._timer(lambda: looped(s, a, b))
 
 
@@ -136,6 +139,7 @@ def training(hw, batch):
     epoch = train.make_epoch(train.loss_and_grad(model), opt, batch * SCAN, batch)
     e_state = [train.TrainState(jax.tree.map(jnp.copy, params), opt.init(params), jax.random.key(2),
                                 jnp.zeros((), jnp.int32))]
+    epoch = epoch.lower(e_state[0], x, y).compile()
 
     def one_step():
         state[0], state[1], loss = compiled(state[0], state[1], xb, yb)
@@ -176,21 +180,24 @@ def measure(hw, batch, rounds, target, log):
                  "flops": step_flops})
     runs[len(rows) - 1] = (step, epoch)
     timed = {(i, mode): run for i, pair in runs.items() for mode, run in enumerate(pair)}
-    calls = {}
-    for key, run in timed.items():
-        run(1)  # compile, warm up
-        calls[key] = max(1, min(200, round(target / run(1))))
-    log(f"  {hw}×{hw}: {len(timed)} timers checked and warm, {rounds} rounds")
-    times = {key: [] for key in timed}
-    order = np.random.default_rng(0)
-    for _ in range(rounds):
-        for j in order.permutation(len(timed)):
-            key = list(timed)[j]
-            times[key].append(timed[key](calls[key]))
+    calls, times, slow = {}, {key: [] for key in timed}, set()
+    for key, run in timed.items():  # all compiled already: one call sizes the rounds
+        first = run(1)
+        calls[key] = max(1, min(200, round(target / first)))
+        if first > SLOW:
+            slow.add(key)
+            times[key].append(first)
+    log(f"  {hw}×{hw}: {len(timed)} timers checked and sized ({len(slow)} slow), {rounds} rounds")
+    order, keys = np.random.default_rng(0), list(timed)
+    for r in range(rounds):
+        for j in order.permutation(len(keys)):
+            if r == 0 or keys[j] not in slow:
+                times[keys[j]].append(timed[keys[j]](calls[keys[j]]))
     for i, row in enumerate(rows):
         row["standalone_s"] = statistics.median(times[i, 0])
         row["in_scan_s"] = statistics.median(times[i, 1]) / SCAN  # per iteration (per step of the epoch)
         row["calls_per_round"] = [calls[i, 0], calls[i, 1]]
+        row["samples"] = [len(times[i, 0]), len(times[i, 1])]
     return {"hw": hw, "batch": batch, "rows": rows}
 
 

@@ -24,7 +24,11 @@ def test_quick_benchmark_writes_json_markdown_and_png(tmp_path, capsys):
         assert split["gradient alone"] > 0 and split["update alone"] > 0
         assert 0 < split["gradient_flops"] <= case["variants"]["rules"]["flops"]
     table = (tmp_path / "benchmark.md").read_text()
-    assert "| seed 2-4-7-3-2 @ 64 | rules |" in table and "scan-compiled epoch" in table
+    assert "| seed 2-4-7-3-2 @ 64 | rules |" in table and "compiled epoch (steps/s)" in table
+    # every model has an epoch row, the CNN included, with its own step's rate beside it
+    assert [e["case"] for e in report["epochs"]] == [c.name for c in bench.QUICK_CASES]
+    for e in report["epochs"]:
+        assert e["scan_epoch_steps_per_s"] > 0 and e["step_steps_per_s"] > 0 and e["scan_epoch_to_step"] > 0
     assert "gradient alone (ms)" in table
     assert (tmp_path / "benchmark.png").stat().st_size > 0
 
@@ -52,7 +56,7 @@ def test_rules_and_backprop_compile_to_one_program():
     case = bench.CASES[1]
     model = case.build()
     _, params = model.init(jax.random.key(0), case.input_shape)
-    x, y = bench._data(case, jax.random.key(1))
+    x, y = bench.case_data(case, jax.random.key(1))
     opt = optax.adam(1e-3)
     prints = {g: bench.program_fingerprint(bench.make_step(model, g, opt).lower(params, opt.init(params), x, y).compile())
               for g in ("rules", "backprop", "twins")}

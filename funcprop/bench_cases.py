@@ -1,0 +1,68 @@
+"""The networks the benchmark times: every model funcprop builds, with its PyTorch twin.
+
+Each :class:`Case` is one network at one batch size. ``torch_layers`` describes the same
+network for :mod:`funcprop.bench_torch` (PyTorch builds it from these specs).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from funcprop import nn
+
+
+class Case(NamedTuple):
+    name: str
+    input_shape: tuple  # one example
+    batch: int
+    build: Callable[[], nn.Layer]
+    num_classes: int
+    torch_layers: tuple  # ("dense", n_in, n_out) / ("act", name) / ("conv", c_in, c_out) / ...
+
+
+def _mlp_case(sizes, activation, batch, name=None):
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(("dense", n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(("act", activation))
+    return Case(name or f"mlp {'-'.join(map(str, sizes))} @ {batch}", (sizes[0],), batch,
+                lambda: nn.mlp(list(sizes), activation=activation), sizes[-1], tuple(layers))
+
+
+def _cnn_case(hw: int, batch: int, name: str):
+    """:func:`funcprop.nn.cnn` on hw×hw×1 images: conv32-conv64 (3×3 SAME), max-pool 2, 128, 10."""
+    flat = (hw // 2) ** 2 * 64
+    layers = (("conv", 1, 32), ("act", "relu"), ("conv", 32, 64), ("act", "relu"), ("pool", 2), ("flatten",),
+              ("dense", flat, 128), ("act", "relu"), ("dense", 128, 10))
+    return Case(f"{name} @ {batch}", (hw, hw, 1), batch, nn.cnn, 10, layers)
+
+
+CASES = (
+    _mlp_case([2, 4, 7, 3, 2], "sigmoid", 64, name="seed 2-4-7-3-2 @ 64"),
+    _mlp_case([64, 256, 256, 10], "relu", 128),
+    _mlp_case([784, 1024, 1024, 10], "relu", 256),
+    _mlp_case([1024, 4096, 4096, 1024], "relu", 512),
+    _cnn_case(8, 128, "digits cnn 8x8"),
+    _cnn_case(28, 64, "mnist cnn 28x28"),
+)
+QUICK_CASES = (CASES[0], CASES[1], _cnn_case(8, 16, "digits cnn 8x8"))
+
+
+def case_data(case: Case, key, batches: int = 1):
+    """``batches · batch`` standard-normal inputs and random class ids for the case."""
+    kx, ky = jax.random.split(key)
+    n = case.batch * batches
+    x = jax.random.normal(kx, (n, *case.input_shape), jnp.float32)
+    return x, jax.random.randint(ky, (n,), 0, case.num_classes)
+
+
+def case_flops(case: Case) -> float:
+    """Rough FLOPs of one step (6 per weight per example and output position)."""
+    weights = sum(s[1] * s[2] for s in case.torch_layers if s[0] == "dense")
+    positions = case.input_shape[0] * case.input_shape[1] if len(case.input_shape) == 3 else 1
+    weights += sum(9 * s[1] * s[2] * positions for s in case.torch_layers if s[0] == "conv")
+    return 6.0 * weights * case.batch
