@@ -33,7 +33,7 @@ def _mlp_case(sizes, activation, batch, name=None):
                 lambda: nn.mlp(list(sizes), activation=activation), sizes[-1], tuple(layers))
 
 
-def _cnn_case(hw: int, batch: int, name: str):
+def cnn_case(hw: int, batch: int, name: str):
     """:func:`funcprop.nn.cnn` on hw×hw×1 images: conv32-conv64 (3×3 SAME), max-pool 2, 128, 10."""
     flat = (hw // 2) ** 2 * 64
     layers = (("conv", 1, 32), ("act", "relu"), ("conv", 32, 64), ("act", "relu"), ("pool", 2), ("flatten",),
@@ -46,10 +46,10 @@ CASES = (
     _mlp_case([64, 256, 256, 10], "relu", 128),
     _mlp_case([784, 1024, 1024, 10], "relu", 256),
     _mlp_case([1024, 4096, 4096, 1024], "relu", 512),
-    _cnn_case(8, 128, "digits cnn 8x8"),
-    _cnn_case(28, 64, "mnist cnn 28x28"),
+    cnn_case(8, 128, "digits cnn 8x8"),
+    cnn_case(28, 64, "mnist cnn 28x28"),
 )
-QUICK_CASES = (CASES[0], CASES[1], _cnn_case(8, 16, "digits cnn 8x8"))
+QUICK_CASES = (CASES[0], CASES[1], cnn_case(8, 16, "digits cnn 8x8"))
 
 
 def case_data(case: Case, key, batches: int = 1):

@@ -109,7 +109,16 @@ def _optimizer(name: str, lr: float):
     }[name]()
 
 
+def _use_cache(args) -> None:
+    """JAX's persistent compilation cache in the user's cache folder, unless --no-cache."""
+    if not args.no_cache:
+        from funcprop.xla_flags import enable_compilation_cache
+
+        enable_compilation_cache()
+
+
 def _cmd_verify(args) -> int:
+    _use_cache(args)
     import json
     import pathlib
 
@@ -144,6 +153,7 @@ def _load_dataset(args):
 
 
 def _cmd_train(args) -> int:
+    _use_cache(args)
     import json
     import pathlib
 
@@ -170,7 +180,7 @@ def _cmd_train(args) -> int:
         epochs=args.epochs, batch_size=args.batch_size, key=jax.random.key(args.seed + 1),
         gradient=args.gradient, checkpoint_path=out / "checkpoint.npz", resume=args.resume,
         out_dir=out, progress=not args.no_progress,
-        config={k: v for k, v in vars(args).items() if k not in ("run", "epochs", "resume", "no_progress", "out")},
+        config={k: v for k, v in vars(args).items() if k not in ("run", "epochs", "resume", "no_progress", "no_cache", "out")},
     )
     plots.plot_history(result.history, out / "curves.png", title=title)
     if ds.example_shape == (2,):
@@ -185,6 +195,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_report(args) -> int:
+    _use_cache(args)
     from funcprop.report import main_job
 
     summary = main_job(args.out, epochs=args.epochs, seed=args.seed, progress=not args.no_progress,
@@ -222,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="verify every rule against autodiff of its twin and finite differences")
     p.add_argument("--out", default=None, help="also write verify.json and verify.md here")
     p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--no-cache", action="store_true", help="do not keep compiled programs in ~/.cache/funcprop/jax (JAX's persistent cache)")
     p.set_defaults(run=_cmd_verify)
 
     from funcprop.data import DATASETS
@@ -243,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/train", help="output folder (metrics, plots, checkpoint)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-cache", action="store_true", help="do not keep compiled programs in ~/.cache/funcprop/jax (JAX's persistent cache)")
     p.set_defaults(run=_cmd_train)
 
     p = sub.add_parser("report", help="the main job: verify every rule, train on digits, write a report")
@@ -251,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--no-sklearn", action="store_true", help="skip the scikit-learn comparison")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-cache", action="store_true", help="do not keep compiled programs in ~/.cache/funcprop/jax (JAX's persistent cache)")
     p.set_defaults(run=_cmd_report)
 
     p = sub.add_parser("bench", help="time a training step: rules vs jax.grad vs backprop vs PyTorch")

@@ -170,7 +170,7 @@ def _stratified_split(y: np.ndarray, test_fraction: float, rng) -> tuple:
     return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
 
 
-def digits(seed: int = 0, test_fraction: float = 0.25, image: bool = False) -> Dataset:
+def digits(seed: int = 0, test_fraction: float = 0.25, image: bool = False, size: int = 8) -> Dataset:
     """scikit-learn's 8x8 handwritten digits (1797 images, 10 classes), split.
 
     Pixel values (0..16) are scaled to [0, 1]. The split is stratified: each class
@@ -181,12 +181,17 @@ def digits(seed: int = 0, test_fraction: float = 0.25, image: bool = False) -> D
     Args:
       seed: the seed of the split.
       test_fraction: the share of each class held out for testing, in (0, 1).
-      image: if True, inputs are NHWC images ``(N, 8, 8, 1)``; else flat ``(N, 64)``.
+      image: if True, inputs are NHWC images ``(N, size, size, 1)``; else flat
+        ``(N, size²)``.
+      size: the images' side: 8 as they ship, or larger by bilinear resizing
+        (``size=28`` gives MNIST-sized images, for MNIST-shaped runs without MNIST).
 
     Returns:
       A :class:`Dataset` with float32 inputs and int32 labels in ``[0, 10)``.
     """
     test_fraction = _check_fraction("digits", test_fraction)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
+        raise ValueError(f"digits: size must be an int >= 8 (the images ship as 8x8), got {size!r}")
     try:
         from sklearn.datasets import load_digits
     except ImportError as err:
@@ -199,9 +204,13 @@ def digits(seed: int = 0, test_fraction: float = 0.25, image: bool = False) -> D
     y = np.asarray(y, np.int32)
     train, test = _stratified_split(y, test_fraction, np.random.default_rng(seed))
     _check_split("digits", train, test, test_fraction)
-    if image:
-        x = x.reshape(-1, 8, 8, 1)
-    return Dataset(x[train], y[train], x[test], y[test], 10, "digits")
+    x = x.reshape(-1, 8, 8, 1)
+    if size != 8:
+        x = np.asarray(jax.image.resize(x, (x.shape[0], size, size, 1), "linear"), np.float32)
+    if not image:
+        x = x.reshape(x.shape[0], -1)
+    name = "digits" if size == 8 else f"digits {size}x{size}"
+    return Dataset(x[train], y[train], x[test], y[test], 10, name)
 
 
 # --- MNIST -----------------------------------------------------------------------

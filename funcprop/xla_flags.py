@@ -1,4 +1,4 @@
-"""XLA:CPU settings that funcprop applies when it is imported, before JAX compiles.
+"""XLA settings: a CPU flag applied at import, and the persistent compilation cache.
 
 On XLA:CPU (jaxlib 0.10), a convolution goes to YNNPACK by default. For the kernel
 gradient of a 28×28 convolution (a correlation whose window is the whole 28×28 image)
@@ -20,6 +20,7 @@ effect only if funcprop is imported before anything is jitted. It is skipped:
 from __future__ import annotations
 
 import os
+import pathlib
 from importlib import metadata
 
 FLAG_NAME = "--xla_cpu_experimental_ynn_fusion_type"
@@ -57,3 +58,28 @@ def conv_flag_in_effect() -> bool:
     conv = jax.jit(lambda x, d: lax.conv_general_dilated(2 * x, d, (1, 1), ((1, 1), (1, 1)),
                                                          dimension_numbers=("NHWC", "HWIO", "NHWC")))
     return "__ynn_fusion" not in conv.lower(x, delta).compile().as_text()
+
+
+def default_cache_dir() -> pathlib.Path:
+    """``$XDG_CACHE_HOME/funcprop/jax`` (``~/.cache/funcprop/jax`` by default)."""
+    base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+    return pathlib.Path(base) / "funcprop" / "jax"
+
+
+def enable_compilation_cache(path=None) -> pathlib.Path:
+    """Keep every compiled program in JAX's persistent cache at ``path``.
+
+    A second run of the same job then loads its programs instead of compiling them:
+    the main job compiles about 200 small programs (the rule checks, the epoch), which
+    is most of its time on a cold start. Every program is kept, however fast it
+    compiled (JAX's default skips those under one second). The CLI turns this on for
+    ``report`` and ``train``; ``--no-cache`` leaves it off.
+    """
+    import jax
+
+    path = pathlib.Path(path) if path is not None else default_cache_dir()
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path

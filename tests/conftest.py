@@ -4,6 +4,9 @@ Strict promotion makes any accidental float32/float64 mix inside a rule an error
 instead of a silent upcast.
 """
 
+import os
+import tempfile
+
 import jax
 
 jax.config.update("jax_enable_x64", True)
@@ -11,6 +14,10 @@ jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 
 import pytest  # noqa: E402
+
+# The CLI keeps compiled programs in $XDG_CACHE_HOME/funcprop/jax: in tests, a folder of
+# the session's own, never the user's cache.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="funcprop-test-cache-")
 
 
 @pytest.fixture

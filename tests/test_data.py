@@ -232,3 +232,15 @@ def test_load_bad_arguments(kwargs, pattern):
     name = kwargs.pop("name")
     with pytest.raises(ValueError, match=pattern):
         data.load(name, **kwargs)
+
+
+def test_digits_resized_to_mnist_shape_keep_the_split_and_the_pixels():
+    small, big = data.digits(seed=3, image=True), data.digits(seed=3, image=True, size=28)
+    assert big.x_train.shape == (len(small.x_train), 28, 28, 1) and big.name == "digits 28x28"
+    np.testing.assert_array_equal(big.y_train, small.y_train)
+    assert big.x_train.dtype == np.float32 and 0.0 <= big.x_train.min() and big.x_train.max() <= 1.0
+    # bilinear resizing keeps each image's mean brightness
+    np.testing.assert_allclose(big.x_test.mean(axis=(1, 2, 3)), small.x_test.mean(axis=(1, 2, 3)), atol=0.02)
+    assert data.digits(size=16).example_shape == (256,)
+    with pytest.raises(ValueError, match=r"digits: size must be an int >= 8 \(the images ship as 8x8\), got 4"):
+        data.digits(size=4)
