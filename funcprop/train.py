@@ -79,7 +79,7 @@ def make_epoch(grad_fn, optimizer: optax.GradientTransformation, n_examples: int
     ``lax.scan`` runs every model at 1.1–2× the rate of its own jitted step called from
     Python (no dispatch, no host round trip per step), the CNNs included now that every
     convolution of the rules is in the layout XLA:CPU keeps fast inside a loop body
-    (``funcprop/rules/conv.py``). A partial unroll gains nothing and compiles longer.
+    (``funcprop/rules/conv.py``).
 
     The examples are shuffled with the state's key (:func:`funcprop.shuffle.permutation`:
     no sort from 2048 examples on); ``n_examples // batch_size`` full minibatches are
