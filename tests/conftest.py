@@ -4,7 +4,9 @@ Strict promotion makes any accidental float32/float64 mix inside a rule an error
 instead of a silent upcast.
 """
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import jax
@@ -18,6 +20,7 @@ import pytest  # noqa: E402
 # The CLI keeps compiled programs in $XDG_CACHE_HOME/funcprop/jax: in tests, a folder of
 # the session's own, never the user's cache.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="funcprop-test-cache-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 
 
 @pytest.fixture
