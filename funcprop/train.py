@@ -76,10 +76,10 @@ def make_epoch(grad_fn, optimizer: optax.GradientTransformation, n_examples: int
     """A jitted ``epoch(state, x, y) -> (state, mean train loss)``, state donated.
 
     The form was chosen by measurement (``funcprop bench``'s epoch table): one rolled
-    ``lax.scan`` runs every model at 1.1–2× the rate of its own jitted step called from
-    Python (no dispatch, no host round trip per step), the CNNs included now that every
-    convolution of the rules is in the layout XLA:CPU keeps fast inside a loop body
-    (``funcprop/rules/conv.py``).
+    ``lax.scan`` runs every model at 0.94–3.0 times the rate of its own jitted step, and
+    at or above a Python loop of jitted steps fed host batches (no dispatch and no host
+    transfer per step), the CNNs included now that every convolution of the rules is in
+    the layout XLA:CPU keeps fast inside a loop body (``funcprop/rules/conv.py``).
 
     The examples are shuffled with the state's key (:func:`funcprop.shuffle.permutation`:
     no sort from 2048 examples on); ``n_examples // batch_size`` full minibatches are
