@@ -305,8 +305,9 @@ def run(out_dir, *, quick: bool = False, rounds: int | None = None, with_torch: 
     epochs = []
     for case, res in zip(QUICK_CASES if quick else CASES, results):
         step_s = res["variants"]["rules"]["step_s"]
-        log(f"{case.name}: epoch of {epoch_batches(step_s, quick)} steps")
-        row = epoch_throughput(case, batches=epoch_batches(step_s, quick), with_torch=with_torch, repeats=repeats)
+        batches = epoch_batches(step_s, quick)
+        log(f"{case.name}: epoch of {batches} steps")
+        row = epoch_throughput(case, batches=batches, with_torch=with_torch, repeats=repeats)
         row["step_steps_per_s"] = 1 / step_s
         row["scan_epoch_to_step"] = row["scan_epoch_steps_per_s"] * step_s
         epochs.append(row)

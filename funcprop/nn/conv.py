@@ -55,10 +55,13 @@ def Conv2D(c_out: int, kernel_size, *, stride=1, padding="VALID", dilation=1, w_
         return conv2d(x, params.kernel, params.bias, stride, padding, dilation)
 
     def fwd(params, x):
-        return rule.fwd(*conv2d_args(x, params.kernel, params.bias, stride, padding, dilation))
+        args = conv2d_args(x, params.kernel, params.bias, stride, padding, dilation)
+        y, res = rule.fwd(*args)
+        return y, (args[4], res)  # the explicit pads, for the bwd
 
     def bwd(params, res, delta):
-        _, _, _, _, pads, _ = conv2d_args(res[0], params.kernel, params.bias, stride, padding, dilation)
+        del params
+        pads, res = res
         x_bar, k_bar, b_bar = rule.bwd(stride, pads, dilation, res, delta)
         return ConvParams(k_bar, b_bar), x_bar
 
