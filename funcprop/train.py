@@ -137,7 +137,7 @@ def make_evaluate(apply, loss: Callable = softmax_cross_entropy, *, accuracy: st
                   batch_size: int = EVAL_BATCH):
     """A jitted ``evaluate(params, x, y) -> (mean loss, accuracy or None)``.
 
-    The examples are evaluated in chunks of ``batch_size`` (a ``lax.scan`` over the full
+    The examples are evaluated in chunks of ``batch_size`` (a ``lax.map`` over the full
     chunks, then the remainder), so memory stays bounded on a large test set; the loss
     is each chunk's mean weighted by its size, which is the mean over all examples for
     every funcprop loss. ``accuracy`` is an :func:`accuracy_kind` (None: no accuracy).

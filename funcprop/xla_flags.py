@@ -44,15 +44,15 @@ def apply_cpu_flags(environ=os.environ) -> bool:
 
 
 def conv_flag_in_effect() -> bool:
-    """Whether this process's XLA:CPU compiles convolutions without YNNPACK: compiles the
-    kernel gradient of a small 28×28 convolution and reads the optimized HLO."""
+    """Whether this process's XLA:CPU compiles convolutions without YNNPACK: compiles (but
+    does not run) the 28×28 CNN's second kernel gradient and reads the optimized HLO."""
     import jax
     import jax.numpy as jnp
     from jax import lax
 
     if jax.default_backend() != "cpu":
         return False
-    # the 28×28 CNN's second kernel gradient; YNNPACK takes only convolutions this large
+    # YNNPACK takes only large convolutions: a small one would say False with the flag off too
     x = jax.ShapeDtypeStruct((32, 28, 28, 64), jnp.float32)  # (c_in, H, W, N), as conv2d's bwd has it
     delta = jax.ShapeDtypeStruct((28, 28, 64, 64), jnp.float32)  # (H_out, W_out, N, c_out)
     conv = jax.jit(lambda x, d: lax.conv_general_dilated(2 * x, d, (1, 1), ((1, 1), (1, 1)),
