@@ -3,6 +3,8 @@
 from funcprop.rules._core import VJPRule
 from funcprop.rules.activations import gelu, leaky_relu, relu, sigmoid, softplus, tanh
 from funcprop.rules.conv import conv2d
+from funcprop.rules.dropout import dropout
+from funcprop.rules.embedding import embedding
 from funcprop.rules.linear import dense
 from funcprop.rules.losses import (
     check_labels,
@@ -10,6 +12,7 @@ from funcprop.rules.losses import (
     sigmoid_binary_cross_entropy,
     softmax_cross_entropy,
 )
+from funcprop.rules.norm import layer_norm, rms_norm
 from funcprop.rules.pool import avg_pool2d, max_pool2d
 from funcprop.rules.softmax import log_softmax, softmax
 
@@ -20,11 +23,15 @@ __all__ = [
     "max_pool2d",
     "check_labels",
     "dense",
+    "dropout",
+    "embedding",
     "gelu",
+    "layer_norm",
     "leaky_relu",
     "log_softmax",
     "mse",
     "relu",
+    "rms_norm",
     "sigmoid",
     "sigmoid_binary_cross_entropy",
     "softmax",

@@ -6,17 +6,21 @@ A funcprop rule is written in four parts, always in this order:
    differentiated by JAX it is the reference the rule is checked against;
 2. ``fwd``: the twin's value plus the residuals the backward formula needs, nothing more;
 3. ``bwd``: the hand-derived formula, cotangent in, one cotangent per primal argument out;
-4. the public wrapper: validates shapes and dtypes at trace time and calls the
-   ``jax.custom_vjp`` built from (1)-(3). It carries the docstring.
+4. ``prepare``: the rule's one place of validation. It checks and normalizes the
+   arguments (shapes, dtypes, static arguments such as padding) at trace time and
+   returns them in the order the core, fwd and twin take;
+5. the public wrapper: ``core(*prepare(...))``. It carries the docstring.
 
-``implements`` attaches a :class:`VJPRule` to the wrapper, so that
-``funcprop.backprop`` can call the very same fwd/bwd, and ``funcprop.check`` can find
-the twin, without the formula being written twice.
+The public wrapper, the layers of :mod:`funcprop.nn` and the written-out backprop all
+call ``prepare`` and then the same fwd/bwd, so no check and no formula is written
+twice. ``implements`` records the :class:`VJPRule` on the wrapper as
+``wrapper.vjp_rule``, where :mod:`funcprop.check` finds the twin.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -33,6 +37,8 @@ class VJPRule(NamedTuple):
         differentiable argument (``None`` for a zero or an integer argument).
       core: the ``jax.custom_vjp`` function made of the three.
       nondiff_argnums: positions of static arguments (an axis, a slope, a stride).
+      prepare: ``prepare(*args) -> args``, validation and normalization; raises
+        ValueError/TypeError naming the rule. The identity where a rule has none.
     """
 
     twin: Callable[..., Any]
@@ -40,13 +46,18 @@ class VJPRule(NamedTuple):
     bwd: Callable[..., Any]
     core: Callable[..., Any]
     nondiff_argnums: tuple[int, ...]
+    prepare: Callable[..., tuple] = lambda *args: args
+
+    def static(self, args: tuple) -> tuple:
+        """The static arguments among prepared ``args``, in the order bwd takes them."""
+        return tuple(args[i] for i in self.nondiff_argnums)
 
 
-def custom_rule(twin, fwd, bwd, *, nondiff_argnums=()) -> VJPRule:
+def custom_rule(twin, fwd, bwd, *, prepare=None, nondiff_argnums=()) -> VJPRule:
     """Make ``jax.custom_vjp(twin)`` with the hand-written ``fwd``/``bwd``."""
     core = jax.custom_vjp(twin, nondiff_argnums=nondiff_argnums)
     core.defvjp(fwd, bwd)
-    return VJPRule(twin, fwd, bwd, core, tuple(nondiff_argnums))
+    return VJPRule(twin, fwd, bwd, core, tuple(nondiff_argnums), *([prepare] if prepare else []))
 
 
 def implements(vjp_rule: VJPRule):
@@ -70,15 +81,34 @@ def as_float_array(fn: str, name: str, x) -> jax.Array:
     return x
 
 
+def float_input(fn: str, name: str = "f"):
+    """The prepare of a rule of one float array: ``(as_float_array(x),)``."""
+
+    def prepare(x):
+        return (as_float_array(fn, name, x),)
+
+    return prepare
+
+
+def positive_float(fn: str, name: str, value) -> float:
+    """A static, finite Python float > 0 (an epsilon), or a clear error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{fn}: {name} must be a Python float, got {type(value).__name__} {value!r}; pass e.g. {name}=1e-5")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{fn}: {name} must be finite and > 0, got {value}; pass e.g. {name}=1e-5")
+    return float(value)
+
+
 def require_same_dtype(fn: str, **arrays: jax.Array) -> None:
     """TypeError if the floating arrays given by keyword do not share one dtype."""
     dtypes = {name: a.dtype for name, a in arrays.items()}
     if len(set(dtypes.values())) > 1:
         listed = ", ".join(f"{n} is {d}" for n, d in dtypes.items())
         first = next(iter(arrays))
+        other = next(n for n, d in dtypes.items() if d != dtypes[first])
         raise TypeError(
             f"{fn}: arguments must share one float dtype, but {listed}; cast them "
-            f"to one dtype, e.g. x.astype({first}.dtype)"
+            f"to one dtype, e.g. {other}.astype({first}.dtype)"
         )
 
 
@@ -106,3 +136,14 @@ def normalize_axis(fn: str, axis, ndim: int) -> int:
 def numel(shape) -> int:
     """The number of elements of an array of this shape (1 for a scalar)."""
     return functools.reduce(lambda a, b: a * b, shape, 1)
+
+
+def accumulation_dtype(dtype) -> jnp.dtype:
+    """The dtype a float ``dtype`` accumulates in: float32 at least (DESIGN §7).
+
+    ``jnp.promote_types(dtype, jnp.float32)``: bfloat16 and float16 go through
+    float32, float32 and float64 stay. Written out because ``promote_types`` raises
+    under ``jax_numpy_dtype_promotion="strict"``.
+    """
+    dtype = jnp.dtype(dtype)
+    return dtype if jnp.finfo(dtype).bits >= 32 else jnp.dtype(jnp.float32)

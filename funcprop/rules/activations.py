@@ -17,7 +17,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from funcprop.rules._core import as_float_array, custom_rule, implements
+from funcprop.rules._core import as_float_array, custom_rule, float_input, implements
 
 # --- sigmoid ---------------------------------------------------------------------
 
@@ -37,7 +37,7 @@ def _sigmoid_bwd(s, g):
     return (g * s * (1 - s),)
 
 
-_SIGMOID = custom_rule(sigmoid_twin, _sigmoid_fwd, _sigmoid_bwd)
+_SIGMOID = custom_rule(sigmoid_twin, _sigmoid_fwd, _sigmoid_bwd, prepare=float_input("sigmoid"))
 
 
 @implements(_SIGMOID)
@@ -47,7 +47,7 @@ def sigmoid(f) -> jax.Array:
     Backward: ``f̄ = ḡ ⊙ σ(f) ⊙ (1 − σ(f))``, from the saved output. Finite for any
     finite f (σ(±1e4) is 1 or 0 and its derivative 0).
     """
-    return _SIGMOID.core(as_float_array("sigmoid", "f", f))
+    return _SIGMOID.core(*_SIGMOID.prepare(f))
 
 
 # --- tanh ------------------------------------------------------------------------
@@ -68,7 +68,7 @@ def _tanh_bwd(t, g):
     return (g * (1 - t * t),)
 
 
-_TANH = custom_rule(tanh_twin, _tanh_fwd, _tanh_bwd)
+_TANH = custom_rule(tanh_twin, _tanh_fwd, _tanh_bwd, prepare=float_input("tanh"))
 
 
 @implements(_TANH)
@@ -77,7 +77,7 @@ def tanh(f) -> jax.Array:
 
     Backward: ``f̄ = ḡ ⊙ (1 − tanh(f)²)``, from the saved output.
     """
-    return _TANH.core(as_float_array("tanh", "f", f))
+    return _TANH.core(*_TANH.prepare(f))
 
 
 # --- relu ------------------------------------------------------------------------
@@ -98,7 +98,7 @@ def _relu_bwd(out, g):
     return (jnp.where(out > 0, g, 0),)
 
 
-_RELU = custom_rule(relu_twin, _relu_fwd, _relu_bwd)
+_RELU = custom_rule(relu_twin, _relu_fwd, _relu_bwd, prepare=float_input("relu"))
 
 
 @implements(_RELU)
@@ -108,7 +108,7 @@ def relu(f) -> jax.Array:
     Backward: ``f̄ = ḡ ⊙ [f > 0]``, the mask read off the saved output. At the kink
     the derivative is taken as 0: ``relu'(0) = 0``.
     """
-    return _RELU.core(as_float_array("relu", "f", f))
+    return _RELU.core(*_RELU.prepare(f))
 
 
 # --- leaky_relu ------------------------------------------------------------------
@@ -129,8 +129,28 @@ def _leaky_relu_bwd(negative_slope, out, g):
     return (jnp.where(out > 0, g, negative_slope * g),)
 
 
+def negative_slope_arg(negative_slope) -> float:
+    """leaky_relu's slope as a float, or an error: a static Python number >= 0."""
+    if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
+        raise TypeError(
+            f"leaky_relu: negative_slope must be a Python float, got "
+            f"{type(negative_slope).__name__} {negative_slope!r}; pass e.g. 0.01"
+        )
+    if not (negative_slope >= 0 and math.isfinite(negative_slope)):
+        raise ValueError(
+            f"leaky_relu: negative_slope must be a finite number >= 0, got "
+            f"{negative_slope}; the backward reads the sign of f off the output"
+        )
+    return float(negative_slope)
+
+
+def _leaky_relu_args(f, negative_slope=0.01):
+    """leaky_relu's validation: a float f and a static slope >= 0."""
+    return as_float_array("leaky_relu", "f", f), negative_slope_arg(negative_slope)
+
+
 _LEAKY_RELU = custom_rule(
-    leaky_relu_twin, _leaky_relu_fwd, _leaky_relu_bwd, nondiff_argnums=(1,)
+    leaky_relu_twin, _leaky_relu_fwd, _leaky_relu_bwd, prepare=_leaky_relu_args, nondiff_argnums=(1,)
 )
 
 
@@ -146,18 +166,7 @@ def leaky_relu(f, negative_slope: float = 0.01) -> jax.Array:
       f: any shape, floating point.
       negative_slope: a static Python float ≥ 0 (a change recompiles under jit).
     """
-    f = as_float_array("leaky_relu", "f", f)
-    if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
-        raise TypeError(
-            f"leaky_relu: negative_slope must be a Python float, got "
-            f"{type(negative_slope).__name__} {negative_slope!r}; pass e.g. 0.01"
-        )
-    if not (negative_slope >= 0 and math.isfinite(negative_slope)):
-        raise ValueError(
-            f"leaky_relu: negative_slope must be a finite number >= 0, got "
-            f"{negative_slope}; the backward reads the sign of f off the output"
-        )
-    return _LEAKY_RELU.core(f, float(negative_slope))
+    return _LEAKY_RELU.core(*_LEAKY_RELU.prepare(f, negative_slope))
 
 
 # --- softplus --------------------------------------------------------------------
@@ -178,7 +187,7 @@ def _softplus_bwd(out, g):
     return (g * -jnp.expm1(-out),)
 
 
-_SOFTPLUS = custom_rule(softplus_twin, _softplus_fwd, _softplus_bwd)
+_SOFTPLUS = custom_rule(softplus_twin, _softplus_fwd, _softplus_bwd, prepare=float_input("softplus"))
 
 
 @implements(_SOFTPLUS)
@@ -188,7 +197,7 @@ def softplus(f) -> jax.Array:
     Backward: ``f̄ = ḡ ⊙ σ(f)``, with σ(f) = 1 − e^(−softplus(f)) computed from the
     saved output by ``-expm1(-out)`` (accurate at both tails).
     """
-    return _SOFTPLUS.core(as_float_array("softplus", "f", f))
+    return _SOFTPLUS.core(*_SOFTPLUS.prepare(f))
 
 
 # --- gelu (tanh approximation) ---------------------------------------------------
@@ -213,7 +222,7 @@ def _gelu_bwd(f, g):
     return (g * (0.5 * (1 + t) + 0.5 * f * (1 - t * t) * du),)
 
 
-_GELU = custom_rule(gelu_twin, _gelu_fwd, _gelu_bwd)
+_GELU = custom_rule(gelu_twin, _gelu_fwd, _gelu_bwd, prepare=float_input("gelu"))
 
 
 @implements(_GELU)
@@ -224,4 +233,4 @@ def gelu(f) -> jax.Array:
     ``u'(f) = √(2/π)(1 + 0.134145 f²)``. Keeps the input f (the output does not
     determine it).
     """
-    return _GELU.core(as_float_array("gelu", "f", f))
+    return _GELU.core(*_GELU.prepare(f))

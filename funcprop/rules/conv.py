@@ -88,10 +88,7 @@ def _conv2d_bwd(stride, padding, dilation, res, delta):
     return x_bar, jnp.transpose(k_bar, (1, 2, 0, 3)), jnp.sum(delta, axis=(0, 1, 2))
 
 
-_CONV2D = custom_rule(conv2d_twin, _conv2d_fwd, _conv2d_bwd, nondiff_argnums=(3, 4, 5))
-
-
-def conv2d_args(x, kernel, bias, stride, padding, dilation):
+def conv2d_args(x, kernel, bias, stride=1, padding="VALID", dilation=1):
     """conv2d's one place of validation: arrays, shapes, dtypes and static arguments.
 
     Returns ``(x, kernel, bias, stride, pads, dilation)`` with explicit pads, ready for
@@ -118,6 +115,9 @@ def conv2d_args(x, kernel, bias, stride, padding, dilation):
     span = tuple(extent(k, d) for k, d in zip(kernel.shape[:2], dilation))
     check_fits(fn, "kernel" if span == kernel.shape[:2] else "dilated kernel", spatial, span, pads, x.shape)
     return x, kernel, bias, stride, pads, dilation
+
+
+_CONV2D = custom_rule(conv2d_twin, _conv2d_fwd, _conv2d_bwd, prepare=conv2d_args, nondiff_argnums=(3, 4, 5))
 
 
 @implements(_CONV2D)

@@ -40,29 +40,9 @@ def _dense_bwd(res, delta):
     return delta @ omega, delta_rows.T @ h_rows, delta_rows.sum(axis=0)
 
 
-_DENSE = custom_rule(dense_twin, _dense_fwd, _dense_bwd)
-
-
-@implements(_DENSE)
-def dense(h, omega, beta) -> jax.Array:
-    """Affine map ``f = h Ωᵀ + β`` with the hand-derived backward.
-
-    Backward, with Δ = ∂L/∂f: ``∂L/∂h = Δ Ω``, ``∂L/∂Ω = Δᵀ h`` (summed over all
-    leading axes), ``∂L/∂β = Σ Δ``. Residuals kept: ``h`` and ``Ω`` (both already
-    live; nothing new is stored).
-
-    Args:
-      h: ``(..., n_in)``, one example ``(n_in,)`` or any leading batch axes.
-      omega: ``(n_out, n_in)``, the weight matrix Ω as in the seed's ``f = β + Ω h``.
-      beta: ``(n_out,)``, the bias β.
-
-    Returns:
-      ``(..., n_out)``, the pre-activation f.
-
-    Raises:
-      ValueError: on a rank or a feature count that does not match.
-      TypeError: on an integer input or on mixed float dtypes.
-    """
+def dense_args(h, omega, beta):
+    """dense's one place of validation: float arrays, h: (..., n_in), omega: (n_out, n_in),
+    beta: (n_out,), one dtype. Returns ``(h, omega, beta)`` as arrays."""
     h = as_float_array("dense", "h", h)
     omega = as_float_array("dense", "omega", omega)
     beta = as_float_array("dense", "beta", beta)
@@ -87,4 +67,30 @@ def dense(h, omega, beta) -> jax.Array:
             f"beta must be ({n_out},)"
         )
     require_same_dtype("dense", h=h, omega=omega, beta=beta)
-    return _DENSE.core(h, omega, beta)
+    return h, omega, beta
+
+
+_DENSE = custom_rule(dense_twin, _dense_fwd, _dense_bwd, prepare=dense_args)
+
+
+@implements(_DENSE)
+def dense(h, omega, beta) -> jax.Array:
+    """Affine map ``f = h Ωᵀ + β`` with the hand-derived backward.
+
+    Backward, with Δ = ∂L/∂f: ``∂L/∂h = Δ Ω``, ``∂L/∂Ω = Δᵀ h`` (summed over all
+    leading axes), ``∂L/∂β = Σ Δ``. Residuals kept: ``h`` and ``Ω`` (both already
+    live; nothing new is stored).
+
+    Args:
+      h: ``(..., n_in)``, one example ``(n_in,)`` or any leading batch axes.
+      omega: ``(n_out, n_in)``, the weight matrix Ω as in the seed's ``f = β + Ω h``.
+      beta: ``(n_out,)``, the bias β.
+
+    Returns:
+      ``(..., n_out)``, the pre-activation f.
+
+    Raises:
+      ValueError: on a rank or a feature count that does not match.
+      TypeError: on an integer input or on mixed float dtypes.
+    """
+    return _DENSE.core(*dense_args(h, omega, beta))

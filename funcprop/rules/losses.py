@@ -79,31 +79,8 @@ def _softmax_cross_entropy_bwd(res, g):
     return logits_bar, labels_bar
 
 
-_SOFTMAX_CROSS_ENTROPY = custom_rule(
-    softmax_cross_entropy_twin, _softmax_cross_entropy_fwd, _softmax_cross_entropy_bwd
-)
-
-
-@implements(_SOFTMAX_CROSS_ENTROPY)
-def softmax_cross_entropy(logits, labels) -> jax.Array:
-    """Mean cross-entropy of softmax(logits) against labels, fused.
-
-    ``L = −(1/B) Σ_b Σ_c y_bc log p_bc`` with ``p = softmax(logits)``. Backward:
-    ``∂L/∂logits = (p − y) / B`` (computed as ``(p Σ_c y_c − y) / B``, the same for
-    targets that sum to one); for probability labels also ``∂L/∂y = −log p / B``.
-    Keeps log p (and the labels). Finite for logits of ±1e4.
-
-    Args:
-      logits: ``(B, C)``, or ``(..., C)`` with any leading axes (B is their product),
-        or ``(C,)`` for one example.
-      labels: integer class ids of shape ``logits.shape[:-1]``, or target
-        probabilities of the shape of ``logits``. Ids outside ``[0, C)`` are not
-        seen under jit (see the module docstring); check them with
-        :func:`check_labels`.
-
-    Returns:
-      The scalar mean loss.
-    """
+def _softmax_cross_entropy_args(logits, labels):
+    """The validation: float logits (..., C); int ids (...) or probabilities (..., C)."""
     fn = "softmax_cross_entropy"
     logits = as_float_array(fn, "logits", logits)
     labels = jnp.asarray(labels)
@@ -132,7 +109,36 @@ def softmax_cross_entropy(logits, labels) -> jax.Array:
             f"{fn}: labels must be integer class ids or float probabilities, got "
             f"dtype {labels.dtype}; cast with labels.astype(jnp.int32)"
         )
-    return _SOFTMAX_CROSS_ENTROPY.core(logits, labels)
+    return logits, labels
+
+
+_SOFTMAX_CROSS_ENTROPY = custom_rule(
+    softmax_cross_entropy_twin, _softmax_cross_entropy_fwd, _softmax_cross_entropy_bwd,
+    prepare=_softmax_cross_entropy_args,
+)
+
+
+@implements(_SOFTMAX_CROSS_ENTROPY)
+def softmax_cross_entropy(logits, labels) -> jax.Array:
+    """Mean cross-entropy of softmax(logits) against labels, fused.
+
+    ``L = −(1/B) Σ_b Σ_c y_bc log p_bc`` with ``p = softmax(logits)``. Backward:
+    ``∂L/∂logits = (p − y) / B`` (computed as ``(p Σ_c y_c − y) / B``, the same for
+    targets that sum to one); for probability labels also ``∂L/∂y = −log p / B``.
+    Keeps log p (and the labels). Finite for logits of ±1e4.
+
+    Args:
+      logits: ``(B, C)``, or ``(..., C)`` with any leading axes (B is their product),
+        or ``(C,)`` for one example.
+      labels: integer class ids of shape ``logits.shape[:-1]``, or target
+        probabilities of the shape of ``logits``. Ids outside ``[0, C)`` are not
+        seen under jit (see the module docstring); check them with
+        :func:`check_labels`.
+
+    Returns:
+      The scalar mean loss.
+    """
+    return _SOFTMAX_CROSS_ENTROPY.core(*_SOFTMAX_CROSS_ENTROPY.prepare(logits, labels))
 
 
 def check_labels(labels, num_classes: int) -> np.ndarray:
@@ -163,6 +169,18 @@ def check_labels(labels, num_classes: int) -> np.ndarray:
     return arr
 
 
+def _same_shape_args(fn: str, a_name: str, b_name: str):
+    """The validation of a loss of two float arrays of one shape and one dtype."""
+
+    def prepare(a, b):
+        a, b = as_float_array(fn, a_name, a), as_float_array(fn, b_name, b)
+        require_same_shape(fn, a_name, a, b_name, b)
+        require_same_dtype(fn, **{a_name: a, b_name: b})
+        return a, b
+
+    return prepare
+
+
 # --- mse -------------------------------------------------------------------------
 
 
@@ -182,7 +200,7 @@ def _mse_bwd(diff, g):
     return pred_bar, -pred_bar
 
 
-_MSE = custom_rule(mse_twin, _mse_fwd, _mse_bwd)
+_MSE = custom_rule(mse_twin, _mse_fwd, _mse_bwd, prepare=_same_shape_args("mse", "pred", "target"))
 
 
 @implements(_MSE)
@@ -193,11 +211,7 @@ def mse(pred, target) -> jax.Array:
     difference. Shapes must match exactly: no broadcasting, which would silently turn
     a ``(B, 1)`` against ``(B,)`` mistake into a ``(B, B)`` loss.
     """
-    pred = as_float_array("mse", "pred", pred)
-    target = as_float_array("mse", "target", target)
-    require_same_shape("mse", "pred", pred, "target", target)
-    require_same_dtype("mse", pred=pred, target=target)
-    return _MSE.core(pred, target)
+    return _MSE.core(*_MSE.prepare(pred, target))
 
 
 # --- sigmoid_binary_cross_entropy ------------------------------------------------
@@ -223,6 +237,7 @@ _SIGMOID_BCE = custom_rule(
     sigmoid_binary_cross_entropy_twin,
     _sigmoid_binary_cross_entropy_fwd,
     _sigmoid_binary_cross_entropy_bwd,
+    prepare=_same_shape_args("sigmoid_binary_cross_entropy", "logits", "targets"),
 )
 
 
@@ -238,9 +253,4 @@ def sigmoid_binary_cross_entropy(logits, targets) -> jax.Array:
       logits: any shape.
       targets: the shape of logits, floating point (0/1 labels or soft targets).
     """
-    fn = "sigmoid_binary_cross_entropy"
-    logits = as_float_array(fn, "logits", logits)
-    targets = as_float_array(fn, "targets", targets)
-    require_same_shape(fn, "logits", logits, "targets", targets)
-    require_same_dtype(fn, logits=logits, targets=targets)
-    return _SIGMOID_BCE.core(logits, targets)
+    return _SIGMOID_BCE.core(*_SIGMOID_BCE.prepare(logits, targets))

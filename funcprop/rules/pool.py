@@ -103,7 +103,9 @@ def _max_pool2d_bwd(window, stride, pads, res, g):
     return (x_bar,)
 
 
-_MAX_POOL2D = custom_rule(max_pool2d_twin, _max_pool2d_fwd, _max_pool2d_bwd, nondiff_argnums=(1, 2, 3))
+_MAX_POOL2D = custom_rule(max_pool2d_twin, _max_pool2d_fwd, _max_pool2d_bwd, nondiff_argnums=(1, 2, 3),
+                          prepare=lambda x, window, stride=None, padding="VALID": pool_args(
+                              "max_pool2d", x, window, stride, padding))
 
 
 # --- avg_pool2d ----------------------------------------------------------------------
@@ -140,7 +142,14 @@ def _avg_pool2d_bwd(window, stride, pads, count_include_pad, in_hw, g):
     return (sum(_scatter_to_input(share, i, j, in_hw, stride, pads) for i, j in _offsets(window)),)
 
 
-_AVG_POOL2D = custom_rule(avg_pool2d_twin, _avg_pool2d_fwd, _avg_pool2d_bwd, nondiff_argnums=(1, 2, 3, 4))
+def _avg_pool2d_args(x, window, stride=None, padding="VALID", count_include_pad=True):
+    if not isinstance(count_include_pad, bool):
+        raise TypeError(f"avg_pool2d: count_include_pad must be True or False, got {count_include_pad!r}")
+    return (*pool_args("avg_pool2d", x, window, stride, padding), count_include_pad)
+
+
+_AVG_POOL2D = custom_rule(avg_pool2d_twin, _avg_pool2d_fwd, _avg_pool2d_bwd, nondiff_argnums=(1, 2, 3, 4),
+                          prepare=_avg_pool2d_args)
 
 
 # --- the public wrappers ------------------------------------------------------------------
@@ -189,7 +198,7 @@ def max_pool2d(x, window, stride=None, padding="VALID") -> jax.Array:
     Returns:
       ``(N, (H + top + bottom − kh) // sh + 1, (W + left + right − kw) // sw + 1, C)``.
     """
-    return _batched(_MAX_POOL2D.core, *pool_args("max_pool2d", x, window, stride, padding))
+    return _batched(_MAX_POOL2D.core, *_MAX_POOL2D.prepare(x, window, stride, padding))
 
 
 @implements(_AVG_POOL2D)
@@ -201,6 +210,4 @@ def avg_pool2d(x, window, stride=None, padding="VALID", count_include_pad=True) 
     in the window. Keeps nothing but the input's shape. Other arguments as in
     :func:`max_pool2d`.
     """
-    if not isinstance(count_include_pad, bool):
-        raise TypeError(f"avg_pool2d: count_include_pad must be True or False, got {count_include_pad!r}")
-    return _batched(_AVG_POOL2D.core, *pool_args("avg_pool2d", x, window, stride, padding), count_include_pad)
+    return _batched(_AVG_POOL2D.core, *_AVG_POOL2D.prepare(x, window, stride, padding, count_include_pad))

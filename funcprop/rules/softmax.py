@@ -26,6 +26,18 @@ def _shifted(z, axis):
     return z - jax.lax.stop_gradient(jnp.max(z, axis=axis, keepdims=True))
 
 
+def _axis_args(fn: str):
+    """The validation of a rule over one axis of z: a float z of rank >= 1 and an int axis."""
+
+    def prepare(z, axis=-1):
+        z = as_float_array(fn, "z", z)
+        if z.ndim < 1:
+            raise ValueError(f"{fn}: z must have rank >= 1, got shape {z.shape}")
+        return z, normalize_axis(fn, axis, z.ndim)
+
+    return prepare
+
+
 def softmax_twin(z, axis=-1):
     """Plain twin of :func:`softmax`: ``exp(z − m) / Σ exp(z − m)``, m = max z."""
     e = jnp.exp(_shifted(z, axis))
@@ -42,7 +54,7 @@ def _softmax_bwd(axis, p, g):
     return (p * (g - jnp.sum(g * p, axis=axis, keepdims=True)),)
 
 
-_SOFTMAX = custom_rule(softmax_twin, _softmax_fwd, _softmax_bwd, nondiff_argnums=(1,))
+_SOFTMAX = custom_rule(softmax_twin, _softmax_fwd, _softmax_bwd, prepare=_axis_args("softmax"), nondiff_argnums=(1,))
 
 
 @implements(_SOFTMAX)
@@ -59,10 +71,7 @@ def softmax(z, axis: int = -1) -> jax.Array:
     Returns:
       p, the shape of z, summing to 1 along ``axis``.
     """
-    z = as_float_array("softmax", "z", z)
-    if z.ndim < 1:
-        raise ValueError(f"softmax: z must have rank >= 1, got shape {z.shape}")
-    return _SOFTMAX.core(z, normalize_axis("softmax", axis, z.ndim))
+    return _SOFTMAX.core(*_SOFTMAX.prepare(z, axis))
 
 
 def log_softmax_twin(z, axis=-1):
@@ -82,7 +91,7 @@ def _log_softmax_bwd(axis, log_p, g):
 
 
 _LOG_SOFTMAX = custom_rule(
-    log_softmax_twin, _log_softmax_fwd, _log_softmax_bwd, nondiff_argnums=(1,)
+    log_softmax_twin, _log_softmax_fwd, _log_softmax_bwd, prepare=_axis_args("log_softmax"), nondiff_argnums=(1,)
 )
 
 
@@ -96,7 +105,4 @@ def log_softmax(z, axis: int = -1) -> jax.Array:
       z: ``(..., C, ...)`` logits, rank ≥ 1.
       axis: a static int, the class axis.
     """
-    z = as_float_array("log_softmax", "z", z)
-    if z.ndim < 1:
-        raise ValueError(f"log_softmax: z must have rank >= 1, got shape {z.shape}")
-    return _LOG_SOFTMAX.core(z, normalize_axis("log_softmax", axis, z.ndim))
+    return _LOG_SOFTMAX.core(*_LOG_SOFTMAX.prepare(z, axis))

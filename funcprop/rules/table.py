@@ -18,8 +18,11 @@ import numpy as np
 
 from funcprop.rules.activations import gelu, leaky_relu, relu, sigmoid, softplus, tanh
 from funcprop.rules.conv import conv2d
+from funcprop.rules.dropout import dropout
+from funcprop.rules.embedding import embedding
 from funcprop.rules.linear import dense
 from funcprop.rules.losses import mse, sigmoid_binary_cross_entropy, softmax_cross_entropy
+from funcprop.rules.norm import layer_norm, rms_norm
 from funcprop.rules.pool import avg_pool2d, max_pool2d
 from funcprop.rules.softmax import log_softmax, softmax
 
@@ -81,6 +84,15 @@ def _logits_and_unit(shape):
     def make(key, dtype):
         rng = _rng(key)
         return jnp.asarray(rng.standard_normal(shape), dtype), jnp.asarray(rng.uniform(size=shape), dtype)
+
+    return make
+
+
+def _ids_and_table(ids, vocab, d):
+    """Fixed ids (repeats and ids outside [0, vocab) included) and a normal (vocab, d) table."""
+
+    def make(key, dtype):
+        return jnp.asarray(ids, jnp.int32), jnp.asarray(_rng(key).standard_normal((vocab, d)), dtype)
 
     return make
 
@@ -150,6 +162,18 @@ RULES: tuple[RuleCase, ...] = (
     RuleCase("avg_pool2d/padding=1", avg_pool2d, _normal((2, 6, 5, 2)), {"window": 3, "stride": 2, "padding": 1}),
     RuleCase("avg_pool2d/SAME,exclude-pad", avg_pool2d, _normal((2, 5, 7, 2)),
              {"window": 3, "stride": 2, "padding": "SAME", "count_include_pad": False}),
+    RuleCase("layer_norm", layer_norm, _normal((4, 6), (6,), (6,))),
+    RuleCase("layer_norm/leading-axes,eps=0.1", layer_norm, _normal((2, 3, 5), (5,), (5,)), {"eps": 0.1}),
+    RuleCase("layer_norm/one-example", layer_norm, _normal((7,), (7,), (7,))),
+    RuleCase("rms_norm", rms_norm, _normal((4, 6), (6,))),
+    RuleCase("rms_norm/leading-axes,eps=0.1", rms_norm, _normal((2, 3, 5), (5,)), {"eps": 0.1}),
+    # repeated ids (2 three times, 3 twice) add up; ids outside [0, 5) (−1, 5, 7) give
+    # zero rows and no gradient
+    RuleCase("embedding", embedding, _ids_and_table([[2, 0, 4], [2, 1, 2]], 5, 3)),
+    RuleCase("embedding/out-of-range", embedding, _ids_and_table([3, -1, 5, 3, 7, 0], 5, 4)),
+    # the key is passed by name: dropout(x, rate=, key=) and dropout_twin(x, key, rate) both bind
+    RuleCase("dropout", dropout, _normal((6, 5)), {"rate": 0.3, "key": jax.random.key(0)}),
+    RuleCase("dropout/raw-key,rate=0.5", dropout, _normal((2, 3, 4)), {"rate": 0.5, "key": jax.random.PRNGKey(1)}),
 )
 
 
