@@ -1,16 +1,19 @@
-"""Backpropagation written out: the seed's recursion, layer by layer, in plain code.
+"""Backpropagation written out: the seed's recursion over any network, in plain code.
 
-Forward, keeping every layer's input and output::
+Forward, keeping what each rule's fwd returns::
 
     f_k = β_k + Ω_k h_k,   h_{k+1} = a(f_k),   L = loss(f_K, y)
 
-Backward, from δ_K = ∂L/∂f_K down to the input::
+Backward, from δ_K = ∂L/∂f_K down to the input, running the rules' bwds in reverse::
 
     ∂L/∂β_k = δ_k,   ∂L/∂Ω_k = δ_k h_kᵀ,   ∂L/∂h_k = Ω_kᵀ δ_k,   δ_{k−1} = a'(f_{k−1}) ⊙ ∂L/∂h_k
 
-Each step calls the same hand-written ``fwd``/``bwd`` that the rules'
-``jax.custom_vjp`` uses (one source of truth), so no formula is written twice and no
-``jax.grad``, ``jax.vjp`` or ``jax.linearize`` appears here. The result is checked in
+Where a value is used twice its cotangents add, as micrograd's ``+=``: a residual's
+input gets ``ȳ + block_x̄``, and ``FanOut``'s bwd sums its copies' cotangents. The
+network's structure is read from ``layer.node`` (see :mod:`funcprop.nn`), the mirror of
+:func:`funcprop.nn.run`. Each leaf calls the same hand-written ``fwd``/``bwd`` that its
+rule's ``jax.custom_vjp`` uses (one source of truth), so no formula is written twice and
+no ``jax.grad``, ``jax.vjp`` or ``jax.linearize`` appears here. The result is checked in
 the tests against ``jax.grad`` through the rules and through the plain twins.
 
 Also here: the Jacobian formulation of one layer (seed
@@ -28,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from funcprop.nn import Layer, layer_name
-from funcprop.nn.compose import located
+from funcprop.nn.compose import check_params, check_tuple_input, located, split_key
 from funcprop.rules.activations import sigmoid
 from funcprop.rules.linear import dense
 
@@ -42,72 +45,98 @@ from funcprop.rules.linear import dense
 class LayerTrace:
     """What one leaf layer saw in a pass. For a Dense layer k: input h_k, output f_k,
     output_grad δ_k = ∂L/∂f_k and input_grad ∂L/∂h_k. A pytree (name is static), so
-    it comes out of ``jit``."""
+    it comes out of ``jit``. A fan-out's output (a fan-in's input) is a tuple."""
 
-    name: str  # "2 Dense(3)": position among the leaf layers, and the layer
-    input: jax.Array
-    output: jax.Array
-    input_grad: jax.Array
-    output_grad: jax.Array
+    name: str  # "1.0 Dense(3)": the path of child positions in the graph, and the layer
+    input: Any
+    output: Any
+    input_grad: Any
+    output_grad: Any
 
 
-def _leaf_rules(layer: Layer):
-    rules = getattr(layer.apply, "rules", None)
-    if rules is None:
+def _rules(layer: Layer):
+    if layer.node is None:
         raise TypeError(
-            f"backprop: layer {layer_name(layer)} has no hand-written fwd/bwd; build the "
-            f"model from funcprop.nn constructors (Dense, Relu, serial, mlp, ...)"
+            f"backprop: layer {layer_name(layer)} has no hand-written fwd/bwd (it was built by hand "
+            f"from two functions); build the model from funcprop.nn constructors and combinators "
+            f"(Dense, Relu, serial, residual, ...), or use jax.grad for it"
         )
-    return rules
+    return layer.node.rule
 
 
-def _forward(layer: Layer, params, x):
-    """(output, tape): the tape holds what the backward pass needs, layer by layer."""
-    sublayers = getattr(layer.apply, "layers", None)
-    if sublayers is not None:
-        if not isinstance(params, (tuple, list)) or len(params) != len(sublayers):
-            raise ValueError(
-                f"backprop: {layer_name(layer)} needs a tuple of {len(sublayers)} layer params, "
-                f"got {type(params).__name__}"
-            )
-        tapes = []
-        for i, (sub, p) in enumerate(zip(sublayers, params)):
-            with located(i, sub):
-                x, tape = _forward(sub, p, x)
+def _forward(layer: Layer, params, x, key, path: str, order: list):
+    """(output, tape): the tape holds what the backward needs, node by node; ``order``
+    collects the leaves' paths in the order they ran."""
+    node = layer.node
+    if node is None or node.kind == "rule":
+        y, residuals = _rules(layer).fwd(params, x, key)
+        order.append(path)
+        return y, (x, y, residuals)
+    if node.kind == "residual":
+        (block,) = node.children
+        with located(node.kind, 0, block):
+            y, tape = _forward(block, params, x, key, f"{path}0.", order)
+        return x + y, tape
+    check_params(node.name, params, len(node.children))
+    keys = split_key(key, len(node.children))
+    tapes = []
+    if node.kind == "parallel":
+        check_tuple_input(node.name, x, len(node.children))
+        out = []
+        for i, (child, p, xi, k) in enumerate(zip(node.children, params, x, keys)):
+            with located(node.kind, i, child):
+                yi, tape = _forward(child, p, xi, k, f"{path}{i}.", order)
+            out.append(yi)
             tapes.append(tape)
-        return x, tapes
-    y, residuals = _leaf_rules(layer).fwd(params, x)
-    return y, (x, y, residuals)
+        return tuple(out), tapes
+    for i, (child, p, k) in enumerate(zip(node.children, params, keys)):  # serial
+        with located(node.kind, i, child):
+            x, tape = _forward(child, p, x, k, f"{path}{i}.", order)
+        tapes.append(tape)
+    return x, tapes
 
 
-def _backward(layer: Layer, params, tape, y_bar, traces: list):
-    """(params_bar, x_bar); appends a LayerTrace per leaf layer, last layer first."""
-    sublayers = getattr(layer.apply, "layers", None)
-    if sublayers is not None:
-        grads = [None] * len(sublayers)
-        for i in reversed(range(len(sublayers))):
-            with located(i, sublayers[i]):
-                grads[i], y_bar = _backward(sublayers[i], params[i], tape[i], y_bar, traces)
-        return type(params)(grads), y_bar  # a list for list params, as jax.grad gives
-    x, y, residuals = tape
-    params_bar, x_bar = _leaf_rules(layer).bwd(params, residuals, y_bar)
-    traces.append((layer_name(layer), x, y, x_bar, y_bar))
-    return params_bar, x_bar
+def _backward(layer: Layer, params, tape, y_bar, path: str, traces: dict):
+    """(params_bar, x_bar) from the output's cotangent; fills ``traces[path]`` per leaf."""
+    node = layer.node
+    if node is None or node.kind == "rule":
+        x, y, residuals = tape
+        params_bar, x_bar = _rules(layer).bwd(params, residuals, y_bar)
+        traces[path] = (layer_name(layer), x, y, x_bar, y_bar)
+        return params_bar, x_bar
+    if node.kind == "residual":  # y = x + block(x): x̄ = ȳ + block's x̄
+        (block,) = node.children
+        with located(node.kind, 0, block):
+            params_bar, x_bar = _backward(block, params, tape, y_bar, f"{path}0.", traces)
+        return params_bar, y_bar + x_bar
+    grads = [None] * len(node.children)
+    if node.kind == "parallel":
+        x_bars = [None] * len(node.children)
+        for i, child in enumerate(node.children):
+            with located(node.kind, i, child):
+                grads[i], x_bars[i] = _backward(child, params[i], tape[i], y_bar[i], f"{path}{i}.", traces)
+        return type(params)(grads), tuple(x_bars)
+    for i in reversed(range(len(node.children))):  # serial
+        with located(node.kind, i, node.children[i]):
+            grads[i], y_bar = _backward(node.children[i], params[i], tape[i], y_bar, f"{path}{i}.", traces)
+    return type(params)(grads), y_bar  # a list for list params, as jax.grad gives
 
 
 def value_and_grad(model: Layer, loss: Callable, *, return_intermediates: bool = False):
-    """The written-out backprop of ``loss(model.apply(params, x), y)``.
+    """The written-out backprop of ``loss(model.apply(params, x, key=key), y)``.
 
     Args:
-      model: a ``Layer`` built from funcprop.nn constructors.
+      model: a network of funcprop.nn layers and combinators, nested any way.
       loss: a funcprop loss rule: ``softmax_cross_entropy``, ``mse`` or
         ``sigmoid_binary_cross_entropy``.
-      return_intermediates: also return a list of :class:`LayerTrace`, first layer
-        first, with every layer's input, output and both cotangents.
+      return_intermediates: also return a list of :class:`LayerTrace`, one per leaf
+        layer in the order the forward ran them, with its input, output and both
+        cotangents, named by its path in the graph (``"2.1 Dense(3)"``).
 
     Returns:
-      ``fn(params, x, y) -> (loss, grads)`` (or ``(loss, grads, traces)``), where
-      grads has the pytree structure of params, as ``jax.value_and_grad`` gives it.
+      ``fn(params, x, y, *, key=None) -> (loss, grads)`` (or ``(loss, grads,
+      traces)``), where grads has the pytree structure of params, as
+      ``jax.value_and_grad`` gives it. ``key`` feeds dropout (None: no dropout).
       Jittable.
     """
     loss_rule = getattr(loss, "vjp_rule", None)
@@ -116,20 +145,19 @@ def value_and_grad(model: Layer, loss: Callable, *, return_intermediates: bool =
             f"value_and_grad: loss must be a funcprop loss rule (softmax_cross_entropy, mse, "
             f"sigmoid_binary_cross_entropy), got {loss!r}"
         )
-    if not (isinstance(model, tuple) and len(model) == 2):
-        raise TypeError(f"value_and_grad: model must be a Layer(init, apply), got {type(model).__name__}")
+    if not isinstance(model, Layer):
+        raise TypeError(f"value_and_grad: model must be a Layer, got {type(model).__name__}")
 
-    def fn(params, x, y):
-        out, tape = _forward(model, params, x)
-        jax.eval_shape(loss, out, y)  # the loss's shape and dtype checks, at trace time only
-        value, loss_residuals = loss_rule.fwd(out, y)
+    def fn(params, x, y, *, key=None):
+        order: list = []
+        out, tape = _forward(model, params, x, key, "", order)
+        value, loss_residuals = loss_rule.fwd(*loss_rule.prepare(out, y))
         out_bar = loss_rule.bwd(loss_residuals, jnp.ones_like(value))[0]  # δ_K = ∂L/∂f_K
-        traces: list = []
-        grads, _ = _backward(model, params, tape, out_bar, traces)
+        traces: dict = {}
+        grads, _ = _backward(model, params, tape, out_bar, "", traces)
         if not return_intermediates:
             return value, grads
-        ordered = [LayerTrace(f"{i} {t[0]}", *t[1:]) for i, t in enumerate(reversed(traces))]
-        return value, grads, ordered
+        return value, grads, [LayerTrace(f"{p.rstrip('.') or '0'} {traces[p][0]}", *traces[p][1:]) for p in order]
 
     return fn
 

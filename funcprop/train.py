@@ -47,7 +47,10 @@ class TrainResult(NamedTuple):
 
 
 def loss_and_grad(model, loss: Callable = softmax_cross_entropy, gradient: str = "rules"):
-    """``fn(params, x, y) -> (loss, grads)`` from the chosen source.
+    """``fn(params, x, y, *, key=None) -> (loss, grads)`` from the chosen source.
+
+    ``key`` feeds the layers that need randomness (dropout); an apply function given
+    instead of a Layer is called as ``apply(params, x)``, without it.
 
     Args:
       model: a ``Layer``, or an apply function ``apply(params, x)`` (``"rules"`` only).
@@ -56,7 +59,7 @@ def loss_and_grad(model, loss: Callable = softmax_cross_entropy, gradient: str =
     """
     if gradient not in GRADIENTS:
         raise ValueError(f"loss_and_grad: gradient must be one of {GRADIENTS}, got {gradient!r}")
-    is_layer = isinstance(model, tuple) and len(model) == 2
+    is_layer = isinstance(model, nn.Layer)
     apply = model.apply if is_layer else model
     if not callable(apply):
         raise TypeError(f"loss_and_grad: model must be a Layer or an apply function, got {type(model).__name__}")
@@ -69,7 +72,10 @@ def loss_and_grad(model, loss: Callable = softmax_cross_entropy, gradient: str =
         return backprop.value_and_grad(model, loss)
     if gradient == "twins":
         apply, loss = nn.twin(model), loss.vjp_rule.twin
-    return jax.value_and_grad(lambda params, x, y: loss(apply(params, x), y))
+    value_and_grad = jax.value_and_grad(
+        lambda params, x, y, key: loss(apply(params, x, key=key) if is_layer else apply(params, x), y)
+    )
+    return lambda params, x, y, *, key=None: value_and_grad(params, x, y, key)
 
 
 def make_epoch(grad_fn, optimizer: optax.GradientTransformation, n_examples: int, batch_size: int, unroll: int = 1):
@@ -88,18 +94,19 @@ def make_epoch(grad_fn, optimizer: optax.GradientTransformation, n_examples: int
     """
     n_batches = n_examples // batch_size
 
-    def step(carry, idx, x, y):
+    def step(carry, idx, key, x, y):
         params, opt_state = carry
-        value, grads = grad_fn(params, x[idx], y[idx])
+        value, grads = grad_fn(params, x[idx], y[idx], key=key)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), value
 
     def epoch(state: TrainState, x, y):
         key, shuffle_key = jax.random.split(state.key)
         order = shuffle.permutation(shuffle_key, n_examples)[: n_batches * batch_size]
+        step_keys = jax.random.split(jax.random.fold_in(shuffle_key, 1), n_batches)  # dropout's; unused ones compile away
         (params, opt_state), losses = jax.lax.scan(
-            lambda c, i: step(c, i, x, y), (state.params, state.opt_state), order.reshape(n_batches, batch_size),
-            unroll=unroll,
+            lambda c, xs: step(c, *xs, x, y), (state.params, state.opt_state),
+            (order.reshape(n_batches, batch_size), step_keys), unroll=unroll,
         )
         return TrainState(params, opt_state, key, state.epoch + 1), jnp.mean(losses)
 
@@ -195,7 +202,7 @@ def train(
       data: a :class:`funcprop.data.Dataset` (x_train, y_train, x_test, y_test).
       epochs: the total number of epochs (a resumed run goes on up to this).
       batch_size: the minibatch size; at most the number of training examples.
-      key: a typed PRNG key (``jax.random.key``) for the shuffles.
+      key: a typed PRNG key (``jax.random.key``) for the shuffles and dropout.
       loss: a funcprop loss rule.
       gradient: ``"rules"``, ``"twins"`` or ``"backprop"`` (see the module docstring).
       checkpoint_path: if given, the state is saved there after every epoch,
@@ -224,7 +231,7 @@ def train(
         raise ValueError(f"train: batch_size must be an int in [1, {n}] (the training set size), got {batch_size!r}")
     if not (isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)):
         raise TypeError(f"train: key must be a typed PRNG key from jax.random.key(seed), got {key!r}")
-    apply = model.apply if isinstance(model, tuple) else model
+    apply = model.apply if isinstance(model, nn.Layer) else model
     epoch_fn = make_epoch(loss_and_grad(model, loss, gradient), optimizer, n, batch_size)
     x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
     accuracy = accuracy_kind(loss, y_test)

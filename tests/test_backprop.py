@@ -22,7 +22,7 @@ LOSSES = {
 
 
 def _problem(activation, loss_name, sizes=(3, 6, 5, 4), batch=7):
-    model = nn.mlp(list(sizes), activation=activation, dtype=jnp.float64)
+    model = nn.mlp(list(sizes), activation=activation, param_dtype=jnp.float64)
     _, params = model.init(jax.random.key(0), (sizes[0],))
     # nonzero biases, so β̄ is exercised against a nontrivial forward
     params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(9), p.shape, p.dtype), params)
@@ -125,7 +125,7 @@ def test_backprop_shape_errors_name_the_layer_position():
     model = nn.serial(nn.Dense(3), nn.Relu(), nn.Dense(3))
     _, params = model.init(jax.random.key(0), (4,))
     bad = (params[0], params[1], nn.DenseParams(jnp.ones((3, 4), jnp.float32), jnp.ones(3, jnp.float32)))
-    with pytest.raises(ValueError, match=r"serial layer 2 \(Dense\(3\)\): Dense\(3\): input has shape \(2, 3\)"):
+    with pytest.raises(ValueError, match=r"serial layer 2 \(Dense\(3\)\): dense: omega has shape \(3, 4\) but h has 3 features"):
         backprop.value_and_grad(model, fp.mse)(bad, jnp.ones((2, 4), jnp.float32), jnp.ones((2, 3), jnp.float32))
 
 

@@ -77,9 +77,9 @@ def test_bad_input_raises_a_clear_error(call, exception, pattern):
 
 def _small_cnn(dtype=jnp.float64):
     return nn.serial(
-        nn.Conv2D(3, (3, 2), stride=(2, 1), padding="SAME", dtype=dtype), nn.Tanh(),
-        nn.Conv2D(4, 3, padding=((1, 0), (0, 1)), dtype=dtype), nn.Relu(),
-        nn.MaxPool2D(2), nn.AvgPool2D((1, 2), stride=1), nn.Flatten(), nn.Dense(5, dtype=dtype),
+        nn.Conv2D(3, (3, 2), stride=(2, 1), padding="SAME", param_dtype=dtype), nn.Tanh(),
+        nn.Conv2D(4, 3, padding=((1, 0), (0, 1)), param_dtype=dtype), nn.Relu(),
+        nn.MaxPool2D(2), nn.AvgPool2D((1, 2), stride=1), nn.Flatten(), nn.Dense(5, param_dtype=dtype),
     )
 
 

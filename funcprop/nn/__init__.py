@@ -4,20 +4,35 @@ A layer is a pair of pure functions, as in ``jax.example_libraries.stax``, named
 optax names ``GradientTransformation(init, update)``::
 
     output_shape, params = layer.init(key, input_shape)   # input_shape: one example
-    y = layer.apply(params, x)                             # x: (B, *input_shape)
+    y = layer.apply(params, x, key=None)                   # x: (B, *input_shape)
 
 Parameters are plain pytrees: a dense layer's are ``DenseParams(omega, beta)``, a
 layer without parameters has ``()``, and ``serial`` nests its layers' params in a
 tuple, so optax and ``jax.tree`` take them unchanged.
 
-Each layer built here also carries, on its ``apply`` function, the hand-written pieces
-that :mod:`funcprop.backprop` runs (``apply.rules``: fwd, bwd, and the plain twin), and
-``serial`` carries its sub-layers (``apply.layers``). A user's own ``Layer(init,
-apply)`` works everywhere except in the written-out backprop.
+Each layer built here carries its structure as data, ``layer.node`` (see
+:mod:`funcprop.nn._layer`): a leaf's hand-written fwd, bwd and twin, or a
+combinator's children. :mod:`funcprop.backprop`, :func:`twin` and ``funcprop shapes``
+read it. A user's own ``Layer(init, apply)`` works everywhere except in the
+written-out backprop and the twin, which refuse it by name.
+
+Rooms: ``_layer`` (the types), ``factory`` (a layer from a rule, and the dtype
+policy), ``dense``, ``conv``, ``norm``, ``embedding`` (the leaves), ``compose`` (the
+combinators and the twin), ``models`` (mlp, cnn, resmlp, resnet), ``init``.
 """
 
-from funcprop.nn._layer import Layer, LayerRules, layer_name
-from funcprop.nn.compose import cnn, mlp, serial, twin
+from funcprop.nn._layer import Layer, LayerRules, Node, layer_name
+from funcprop.nn.compose import (
+    FanInConcat,
+    FanInSum,
+    FanOut,
+    Identity,
+    parallel,
+    residual,
+    run,
+    serial,
+    twin,
+)
 from funcprop.nn.conv import AvgPool2D, Conv2D, ConvParams, Flatten, MaxPool2D
 from funcprop.nn.dense import (
     ACTIVATIONS,
@@ -31,6 +46,8 @@ from funcprop.nn.dense import (
     Tanh,
     elementwise,
 )
+from funcprop.nn.embedding import Dropout, Embedding, EmbeddingParams
+from funcprop.nn.factory import from_rule
 from funcprop.nn.init import (
     INITIALIZERS,
     glorot_normal,
@@ -39,6 +56,8 @@ from funcprop.nn.init import (
     lecun_normal,
     zeros,
 )
+from funcprop.nn.models import cnn, mlp, resmlp, resnet
+from funcprop.nn.norm import LayerNorm, LayerNormParams, RMSNorm, RMSNormParams
 
 __all__ = [
     "ACTIVATIONS",
@@ -48,24 +67,42 @@ __all__ = [
     "ConvParams",
     "Dense",
     "DenseParams",
+    "Dropout",
+    "Embedding",
+    "EmbeddingParams",
+    "FanInConcat",
+    "FanInSum",
+    "FanOut",
     "Flatten",
     "Gelu",
+    "Identity",
     "Layer",
+    "LayerNorm",
+    "LayerNormParams",
     "LayerRules",
     "LeakyRelu",
     "MaxPool2D",
+    "Node",
+    "RMSNorm",
+    "RMSNormParams",
     "Relu",
     "Sigmoid",
     "Softplus",
     "Tanh",
     "cnn",
     "elementwise",
+    "from_rule",
     "glorot_normal",
     "glorot_uniform",
     "he_normal",
     "layer_name",
     "lecun_normal",
     "mlp",
+    "parallel",
+    "resmlp",
+    "residual",
+    "resnet",
+    "run",
     "serial",
     "twin",
     "zeros",

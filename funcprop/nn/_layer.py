@@ -1,4 +1,14 @@
-"""The layer type, and what a funcprop layer carries for the written-out backprop."""
+"""The layer type and the structure it carries as data.
+
+A layer is the pair ``(init, apply)`` of stax, and a :class:`Layer` unpacks as that
+pair. A layer built by funcprop's constructors and combinators also carries a
+:class:`Node`: its name, and either its hand-written pieces (:class:`LayerRules`, a
+leaf) or its children (a combinator). The written-out backprop, :func:`funcprop.nn.twin`
+and ``funcprop shapes`` read the node; the functions themselves carry nothing, so a
+layer passed through ``functools.partial``, a lambda factory or a container keeps
+working. A layer built by hand, ``Layer(init, apply)``, has no node: ``jax.grad``
+works through it, and backprop refuses it by name.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +20,14 @@ Params = Any  # a pytree of arrays
 Shape = tuple[int, ...]
 
 
-class Layer(NamedTuple):
-    """A layer: ``init(key, input_shape) -> (output_shape, params)``, ``apply(params, x)``."""
-
-    init: Callable[[jax.Array, Shape], tuple[Shape, Params]]
-    apply: Callable[[Params, jax.Array], jax.Array]
-
-
 class LayerRules(NamedTuple):
-    """The hand-written pieces of a leaf layer, as :mod:`funcprop.backprop` uses them.
+    """The hand-written pieces of a leaf layer, as :mod:`funcprop.backprop` runs them.
 
     Attributes:
-      fwd: ``fwd(params, x) -> (y, residuals)``, the rule's fwd.
-      bwd: ``bwd(params, residuals, y_bar) -> (params_bar, x_bar)``, the rule's bwd.
-      twin: ``twin(params, x) -> y``, the same layer built from plain twins.
+      fwd: ``fwd(params, x, key) -> (y, residuals)``, through the rule's own fwd.
+      bwd: ``bwd(params, residuals, y_bar) -> (params_bar, x_bar)``, the rule's bwd;
+        ``params_bar`` has the structure and dtypes of ``params``.
+      twin: ``twin(params, x, key) -> y``, the same layer built from plain twins.
     """
 
     fwd: Callable
@@ -31,13 +35,81 @@ class LayerRules(NamedTuple):
     twin: Callable
 
 
-def _describe(name: str, apply, *, rules=None, layers=None):
-    apply.layer_name = name
-    apply.rules = rules
-    apply.layers = layers
-    return apply
+class Node(NamedTuple):
+    """A layer's structure.
+
+    Attributes:
+      name: readable, for messages and traces: ``Dense(7)``, ``residual``.
+      kind: ``"rule"`` for a leaf, else the combinator: ``"serial"``, ``"parallel"``,
+        ``"residual"``.
+      rule: a leaf's :class:`LayerRules`; None for a combinator.
+      children: a combinator's layers, in order; ``()`` for a leaf.
+    """
+
+    name: str
+    kind: str
+    rule: LayerRules | None = None
+    children: tuple = ()
+
+
+class _Functions(NamedTuple):
+    init: Callable[[jax.Array, Shape], tuple[Shape, Params]]
+    apply: Callable[..., jax.Array]
+
+
+class Layer(_Functions):
+    """A layer: ``init(key, input_shape) -> (output_shape, params)`` and
+    ``apply(params, x, *, key=None) -> y``, with its structure as ``layer.node``.
+
+    ``init, apply = layer`` and ``Layer(init, apply)`` work as in stax; ``input_shape``
+    is one example's shape, ``x`` is batch-first. ``key`` feeds the layers that need
+    randomness (dropout); ``None`` means deterministic evaluation.
+    """
+
+    node: Node | None = None  # a class default: a layer built by hand has none
+
+    def __new__(cls, init, apply, node: Node | None = None):
+        self = super().__new__(cls, init, apply)
+        if node is not None:
+            object.__setattr__(self, "node", node)
+        return self
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"Layer is immutable; build a new one instead of setting {name!r}")
+
+    @property
+    def name(self) -> str:
+        """``Dense(7)``, ``serial[3]``; a hand-built layer's apply's ``__name__``."""
+        if self.node is not None:
+            return self.node.name
+        return getattr(self.apply, "__name__", "layer")
+
+    @property
+    def children(self) -> tuple:
+        """A combinator's layers; ``()`` for a leaf or a hand-built layer."""
+        return self.node.children if self.node is not None else ()
+
+    def __repr__(self) -> str:
+        return f"Layer({self.name})"
 
 
 def layer_name(layer: Layer) -> str:
     """A readable name for messages: ``Dense(7)``, ``Sigmoid``, ``serial[3]``."""
-    return getattr(layer.apply, "layer_name", getattr(layer.apply, "__name__", "layer"))
+    return layer.name if isinstance(layer, Layer) else getattr(layer[1], "__name__", "layer")
+
+
+def as_layer(fn: str, i, layer) -> Layer:
+    """``layer`` as a :class:`Layer` (a stax-style pair is accepted), or a TypeError."""
+    if isinstance(layer, Layer):
+        return layer
+    if isinstance(layer, tuple) and len(layer) == 2 and all(map(callable, layer)):
+        return Layer(*layer)
+    raise TypeError(
+        f"{fn}: argument {i} must be a Layer(init, apply), got {type(layer).__name__}; "
+        f"call the constructor, e.g. Relu() rather than Relu"
+    )
+
+
+def leaf(name: str, init, apply, fwd, bwd, twin) -> Layer:
+    """A leaf layer from its functions and its hand-written pieces."""
+    return Layer(init, apply, Node(name, "rule", LayerRules(fwd, bwd, twin)))

@@ -1,146 +1,287 @@
-"""Composition: serial, mlp, and the plain-twin version of a model."""
+"""Combinators: serial, parallel, residual, fan-out and fan-in; and the plain twin.
+
+Networks that are not a chain are made as in stax: ``FanOut(n)`` copies a value into
+a tuple, ``parallel(*layers)`` applies layer i to element i, and ``FanInSum()`` /
+``FanInConcat()`` join a tuple back into one array. ``residual(block)`` is
+``x + block(x)``. For example, a block whose two branches differ in depth::
+
+    serial(FanOut(2), parallel(serial(Conv2D(8, 3, padding="SAME"), Relu()),
+                               Conv2D(8, 1)), FanInSum())
+
+Combinator params: ``serial`` and ``parallel`` hold the tuple of their layers'
+params; ``residual`` holds its block's. Keys: ``apply(params, x, key=k)`` splits k
+among a serial's or a parallel's layers and hands it whole to a residual's block.
+
+:func:`run` is the one interpreter of this structure: ``apply`` and :func:`twin` are
+both ``run`` with a different function at the leaves, and
+:mod:`funcprop.backprop` mirrors it with a backward pass.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
-from funcprop.nn._layer import Layer, Params, _describe, layer_name
-from funcprop.nn.conv import Conv2D, Flatten, MaxPool2D
-from funcprop.nn.dense import _DEFAULT_W_INIT, ACTIVATIONS, Dense, Relu
+from funcprop.nn._layer import Layer, Node, Params, as_layer, layer_name, leaf
+from funcprop.nn.dense import positive_int
 
 
-def serial(*layers: Layer) -> Layer:
-    """Compose layers in order; params are the tuple of the layers' params.
-
-    A shape error in a layer is re-raised naming its position: ``serial layer 2
-    (Dense(3)): ...``.
-    """
-    for i, layer in enumerate(layers):
-        if not (isinstance(layer, tuple) and len(layer) == 2 and all(map(callable, layer))):
-            raise TypeError(
-                f"serial: argument {i} must be a Layer(init, apply), got {type(layer).__name__}; "
-                f"call the constructor, e.g. Relu() rather than Relu"
-            )
-    layers = tuple(Layer(*layer) for layer in layers)
-    name = f"serial[{len(layers)}]"
-
-    def init(key, input_shape):
-        keys = jax.random.split(key, len(layers)) if layers else []
-        shape, params = tuple(input_shape), []
-        for i, (layer, k) in enumerate(zip(layers, keys)):
-            with located(i, layer):
-                shape, p = layer.init(k, shape)
-            params.append(p)
-        return shape, tuple(params)
-
-    def apply(params, x):
-        if not isinstance(params, (tuple, list)) or len(params) != len(layers):
-            got = len(params) if isinstance(params, (tuple, list)) else type(params).__name__
-            raise ValueError(f"{name}: params must be a tuple of {len(layers)} layer params, got {got}")
-        for i, (layer, p) in enumerate(zip(layers, params)):
-            with located(i, layer):
-                x = layer.apply(p, x)
-        return x
-
-    return Layer(init, _describe(name, apply, layers=layers))
+def split_key(key, n: int) -> list:
+    """n keys from one, or n Nones for deterministic evaluation."""
+    return [None] * n if key is None else list(jax.random.split(key, n))
 
 
 class located:
-    """Re-raise a ValueError from layer i with its position in serial."""
+    """Re-raise a ValueError or TypeError from a child with its position in its
+    combinator: ``serial layer 2 (Dense(3)): ...``."""
 
-    def __init__(self, i, layer):
-        self.prefix = f"serial layer {i} ({layer_name(layer)}): "
+    def __init__(self, where: str, i, layer):
+        self.prefix = f"{where} layer {i} ({layer_name(layer)}): "
 
     def __enter__(self):
         return self
 
     def __exit__(self, kind, err, tb):
-        if kind is ValueError:
-            raise ValueError(self.prefix + str(err)) from err
+        if kind in (ValueError, TypeError) and not str(err).startswith(self.prefix):
+            raise kind(self.prefix + str(err)) from err
         return False
 
 
-def mlp(
-    sizes: Sequence[int],
-    activation: str = "relu",
-    *,
-    w_init=None,
-    b_init="zeros",
-    dtype=jnp.float32,
-) -> Layer:
-    """A multilayer perceptron: Dense, activation, ..., Dense (the last gives logits).
+def check_params(name: str, params, n: int) -> None:
+    """ValueError unless params is a tuple or list of n entries (a combinator's)."""
+    if not isinstance(params, (tuple, list)) or len(params) != n:
+        got = f"{len(params)} entries" if isinstance(params, (tuple, list)) else type(params).__name__
+        raise ValueError(f"{name}: params must be a tuple of {n} layer params, got {got}")
 
-    Args:
-      sizes: layer widths including the input: ``[2, 4, 7, 3, 2]`` is the seed's
-        network, Ω_0: (4, 2), ..., Ω_3: (2, 3).
-      activation: a name from ``ACTIVATIONS``.
-      w_init: the weight initialiser; by default He for relu, leaky_relu and gelu,
-        Glorot normal otherwise.
-      b_init: the bias initialiser (zeros).
+
+def check_tuple_input(name: str, x, n: int | None) -> None:
+    """ValueError unless x is a tuple (of n arrays, where n is given)."""
+    if not isinstance(x, (tuple, list)) or (n is not None and len(x) != n):
+        want = "a tuple" if n is None else f"a tuple of {n} arrays"
+        got = f"{len(x)} arrays" if isinstance(x, (tuple, list)) else f"an array of shape {jnp.shape(x)}"
+        raise ValueError(f"{name}: input must be {want} (put FanOut before it), got {got}")
+
+
+def run(layer: Layer, params, x, key, at_leaf: Callable):
+    """Evaluate a network, calling ``at_leaf(layer, params, x, key)`` at each leaf."""
+    node = layer.node
+    if node is None or node.kind == "rule":
+        return at_leaf(layer, params, x, key)
+    if node.kind == "residual":
+        (block,) = node.children
+        with located(node.kind, 0, block):
+            return x + run(block, params, x, key, at_leaf)
+    check_params(node.name, params, len(node.children))
+    keys = split_key(key, len(node.children))
+    if node.kind == "serial":
+        for i, (child, p, k) in enumerate(zip(node.children, params, keys)):
+            with located(node.kind, i, child):
+                x = run(child, p, x, k, at_leaf)
+        return x
+    if node.kind == "parallel":
+        check_tuple_input(node.name, x, len(node.children))
+        out = []
+        for i, (child, p, xi, k) in enumerate(zip(node.children, params, x, keys)):
+            with located(node.kind, i, child):
+                out.append(run(child, p, xi, k, at_leaf))
+        return tuple(out)
+    raise ValueError(f"run: unknown combinator kind {node.kind!r} in {node.name}")
+
+
+def _apply_leaf(layer, params, x, key):
+    if layer.node is None:  # a hand-built Layer(init, apply), stax-style: no key
+        return layer.apply(params, x)
+    return layer.apply(params, x, key=key)
+
+
+def _twin_leaf(layer, params, x, key):
+    if layer.node is None:
+        raise TypeError(
+            f"twin: layer {layer_name(layer)} has no plain twin (it was built by hand from "
+            f"two functions); build it with funcprop.nn constructors (Dense, Relu, serial, ...)"
+        )
+    return layer.node.rule.twin(params, x, key)
+
+
+def _require_rules(layer: Layer) -> None:
+    """TypeError naming the first hand-built layer in the network, if there is one."""
+    if layer.node is None:
+        _twin_leaf(layer, None, None, None)
+    for child in layer.children:
+        _require_rules(child)
+
+
+def _combinator(name: str, kind: str, children: tuple, init) -> Layer:
+    def apply(params, x, *, key=None):
+        return run(layer, params, x, key, _apply_leaf)
+
+    layer = Layer(init, apply, Node(name, kind, None, children))
+    return layer
+
+
+def serial(*layers: Layer) -> Layer:
+    """Compose layers in order; params are the tuple of the layers' params.
+
+    An error in a layer is re-raised naming its position: ``serial[3] layer 2
+    (Dense(3)): ...``.
     """
-    sizes = list(sizes)
-    if len(sizes) < 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes):
-        raise ValueError(f"mlp: sizes must be at least two positive ints (input and output), got {sizes}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"mlp: unknown activation {activation!r}; use one of {sorted(ACTIVATIONS)}")
-    w_init = w_init or _DEFAULT_W_INIT.get(activation, "glorot_normal")
-    layers = []
-    for n_out in sizes[1:-1]:
-        layers += [Dense(n_out, w_init=w_init, b_init=b_init, dtype=dtype), ACTIVATIONS[activation]()]
-    layers.append(Dense(sizes[-1], w_init=w_init, b_init=b_init, dtype=dtype))
-    model = serial(*layers)
-    init = model.init
+    layers = tuple(as_layer("serial", i, layer) for i, layer in enumerate(layers))
+    name = f"serial[{len(layers)}]"
 
-    def init_checked(key, input_shape):
-        if tuple(input_shape) != (sizes[0],):
-            raise ValueError(f"mlp: input_shape must be ({sizes[0]},) for sizes {sizes}, got {tuple(input_shape)}")
-        return init(key, input_shape)
+    def init(key, input_shape):
+        shape, params = input_shape, []
+        for i, (layer, k) in enumerate(zip(layers, split_key(key, len(layers)))):
+            with located("serial", i, layer):
+                shape, p = layer.init(k, shape)
+            params.append(p)
+        return shape, tuple(params)
 
-    return Layer(init_checked, model.apply)
+    return _combinator(name, "serial", layers, init)
 
 
-def twin(model: Layer) -> Callable[[Params, jax.Array], jax.Array]:
+def parallel(*layers: Layer) -> Layer:
+    """Apply layer i to element i of a tuple input; the output is the tuple of results.
+
+    Params are the tuple of the layers' params; ``input_shape`` is a tuple of shapes.
+    """
+    layers = tuple(as_layer("parallel", i, layer) for i, layer in enumerate(layers))
+    name = f"parallel[{len(layers)}]"
+
+    def init(key, input_shape):
+        if not isinstance(input_shape, (tuple, list)) or len(input_shape) != len(layers) or not all(
+            isinstance(s, (tuple, list)) for s in input_shape
+        ):
+            raise ValueError(f"{name}: input_shape must be a tuple of {len(layers)} shapes (put FanOut "
+                             f"before it), got {input_shape}")
+        shapes, params = [], []
+        for i, (layer, shape, k) in enumerate(zip(layers, input_shape, split_key(key, len(layers)))):
+            with located("parallel", i, layer):
+                out, p = layer.init(k, tuple(shape))
+            shapes.append(out)
+            params.append(p)
+        return tuple(shapes), tuple(params)
+
+    return _combinator(name, "parallel", layers, init)
+
+
+def residual(block: Layer) -> Layer:
+    """``x + block(x)``: the block's output must have its input's shape.
+
+    Params are the block's. In the backward the input's cotangent is the sum of the
+    two uses of x: ``x̄ = ȳ + block_x̄(ȳ)``.
+    """
+    block = as_layer("residual", 0, block)
+    name = f"residual({block.name})"
+
+    def init(key, input_shape):
+        with located("residual", 0, block):
+            out, params = block.init(key, input_shape)
+        if tuple(out) != tuple(input_shape):
+            raise ValueError(
+                f"{name}: the block maps {tuple(input_shape)} to {tuple(out)}; a residual block "
+                f"must keep the shape (add a projection with FanOut, parallel and FanInSum)"
+            )
+        return tuple(out), params
+
+    return _combinator(name, "residual", (block,), init)
+
+
+def Identity() -> Layer:
+    """``y = x``; its backward passes the cotangent through. A parallel branch that
+    leaves its input alone."""
+
+    def init(key, input_shape):
+        return input_shape, ()
+
+    def apply(params, x, *, key=None):
+        return x
+
+    return leaf("Identity", init, apply, lambda p, x, k: (x, None), lambda p, r, g: ((), g), lambda p, x, k: x)
+
+
+def FanOut(num: int) -> Layer:
+    """``x -> (x, ..., x)``, num copies. Backward: the copies' cotangents add up,
+    ``x̄ = Σ_i ȳ_i`` (the sum at every branch of backprop)."""
+    num = positive_int("FanOut", "num", num)
+
+    def init(key, input_shape):
+        return (tuple(input_shape),) * num, ()
+
+    def apply(params, x, *, key=None):
+        return (x,) * num
+
+    def bwd(params, res, y_bars):
+        return (), functools.reduce(jnp.add, y_bars)
+
+    return leaf(f"FanOut({num})", init, apply, lambda p, x, k: (apply(p, x), None), bwd, lambda p, x, k: apply(p, x))
+
+
+def FanInSum() -> Layer:
+    """``(x_1, ..., x_n) -> Σ x_i`` of one shape. Backward: ``x̄_i = ȳ`` for every i."""
+
+    def init(key, input_shape):
+        shapes = {tuple(s) for s in input_shape}
+        if len(shapes) != 1:
+            raise ValueError(f"FanInSum: the inputs must share one shape, got {list(input_shape)}")
+        return tuple(input_shape[0]), ()
+
+    def apply(params, x, *, key=None):
+        check_tuple_input("FanInSum", x, None)
+        return functools.reduce(jnp.add, x)
+
+    def fwd(params, x, key):
+        return apply(params, x), len(x)
+
+    def bwd(params, n, y_bar):
+        return (), (y_bar,) * n
+
+    return leaf("FanInSum", init, apply, fwd, bwd, lambda p, x, k: apply(p, x))
+
+
+def FanInConcat(axis: int = -1) -> Layer:
+    """``(x_1, ..., x_n) -> concatenate(x_i, axis)``; ``axis`` counts one example's axes
+    (−1, the features, by default). Backward: ȳ split back into the pieces' sizes."""
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise TypeError(f"FanInConcat: axis must be an int, got {axis!r}")
+    name = f"FanInConcat({axis})"
+    batched = axis if axis < 0 else axis + 1  # the same axis of a batch
+
+    def init(key, input_shape):
+        ranks = {len(s) for s in input_shape}
+        rank = ranks.pop() if len(ranks) == 1 else 0
+        if not -rank <= axis < rank:
+            raise ValueError(f"{name}: the inputs must share one rank that has axis {axis}, got {list(input_shape)}")
+        out = list(input_shape[0])
+        out[axis] = sum(s[axis] for s in input_shape)
+        return tuple(out), ()
+
+    def apply(params, x, *, key=None):
+        check_tuple_input(name, x, None)
+        return jnp.concatenate(x, axis=batched)
+
+    def fwd(params, x, key):
+        return apply(params, x), [xi.shape[batched] for xi in x]
+
+    def bwd(params, sizes, y_bar):
+        cuts = [sum(sizes[: i + 1]) for i in range(len(sizes) - 1)]
+        return (), tuple(jnp.split(y_bar, cuts, axis=batched))
+
+    return leaf(name, init, apply, fwd, bwd, lambda p, x, k: apply(p, x))
+
+
+def twin(model: Layer) -> Callable[..., jax.Array]:
     """The model's apply built from plain twins: differentiated by JAX's own autodiff.
 
-    ``jax.grad`` through ``twin(model)`` is the reference for the hand-written rules.
+    ``jax.grad`` through ``twin(model)(params, x, key=None)`` is the reference for the
+    hand-written rules. Works on any network of funcprop layers and combinators.
     """
-    layers = getattr(model.apply, "layers", None)
-    if layers is not None:
-        twins = [twin(layer) for layer in layers]
+    model = as_layer("twin", 0, model)
+    _require_rules(model)
 
-        def apply(params, x):
-            for t, p in zip(twins, params):
-                x = t(p, x)
-            return x
+    def apply(params: Params, x, *, key=None):
+        return run(model, params, x, key, _twin_leaf)
 
-        return apply
-    rules = getattr(model.apply, "rules", None)
-    if rules is None:
-        raise TypeError(
-            f"twin: layer {layer_name(model)} has no plain twin; build it with funcprop.nn "
-            f"constructors (Dense, Relu, serial, ...)"
-        )
-    return rules.twin
-
-
-def cnn(
-    num_classes: int = 10,
-    channels: Sequence[int] = (32, 64),
-    hidden: int = 128,
-    *,
-    kernel_size=3,
-    pool: int = 2,
-    dtype=jnp.float32,
-) -> Layer:
-    """A small CNN: [Conv2D(SAME) + relu] per entry of channels, MaxPool2D, Flatten,
-    Dense(hidden) + relu, Dense(num_classes). For 8×8 digits: 8×8×32, 8×8×64, 4×4×64,
-    1024, 128, 10."""
-    layers = []
-    for c in channels:
-        layers += [Conv2D(c, kernel_size, padding="SAME", dtype=dtype), Relu()]
-    layers += [MaxPool2D(pool), Flatten(), Dense(hidden, w_init="he_normal", dtype=dtype), Relu(),
-               Dense(num_classes, w_init="he_normal", dtype=dtype)]
-    return serial(*layers)
+    return apply

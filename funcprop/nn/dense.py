@@ -7,7 +7,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from funcprop.nn._layer import Layer, LayerRules, _describe
+from funcprop.nn._layer import Layer
+from funcprop.nn.factory import from_rule, layer_dtypes
 from funcprop.nn.init import _initializer
 from funcprop.rules import activations
 from funcprop.rules.linear import dense
@@ -20,22 +21,30 @@ class DenseParams(NamedTuple):
     beta: jax.Array  # (n_out,)
 
 
-def Dense(n_out: int, *, w_init="lecun_normal", b_init="zeros", dtype=jnp.float32) -> Layer:
+def positive_int(fn: str, name: str, value) -> int:
+    """``value`` if it is a positive Python int, else a ValueError naming ``fn``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}")
+    return value
+
+
+def Dense(n_out: int, *, w_init="lecun_normal", b_init="zeros", dtype=None, param_dtype=jnp.float32) -> Layer:
     """Fully connected layer ``f = h Ωᵀ + β`` with Ω: ``(n_out, n_in)``, β: ``(n_out,)``.
 
     Args:
       n_out: the number of output features.
       w_init, b_init: an initialiser name from ``INITIALIZERS`` or a function
         ``init(key, shape, dtype)``.
-      dtype: the parameters' dtype.
+      dtype: the computation dtype; None computes in ``param_dtype`` (see
+        :mod:`funcprop.nn.factory` for the policy).
+      param_dtype: the parameters' dtype.
     """
-    if isinstance(n_out, bool) or not isinstance(n_out, int) or n_out < 1:
-        raise ValueError(f"Dense: n_out must be a positive int, got {n_out!r}")
+    n_out = positive_int("Dense", "n_out", n_out)
     name = f"Dense({n_out})"
     w_init, b_init = _initializer(name, w_init), _initializer(name, b_init)
+    dtype, param_dtype = layer_dtypes(name, dtype, param_dtype)
 
-    def init(key, input_shape):
-        input_shape = tuple(input_shape)
+    def make_params(key, input_shape, param_dtype):
         if len(input_shape) != 1:
             raise ValueError(
                 f"{name}: input_shape must be one example's features (n_in,), got "
@@ -43,99 +52,50 @@ def Dense(n_out: int, *, w_init="lecun_normal", b_init="zeros", dtype=jnp.float3
             )
         k_w, k_b = jax.random.split(key)
         n_in = input_shape[0]
-        return (n_out,), DenseParams(w_init(k_w, (n_out, n_in), dtype), b_init(k_b, (n_out,), dtype))
+        return DenseParams(w_init(k_w, (n_out, n_in), param_dtype), b_init(k_b, (n_out,), param_dtype))
 
-    def check(params, x):
-        n_in = params.omega.shape[1]
-        if x.ndim < 1 or x.shape[-1] != n_in:
-            raise ValueError(
-                f"{name}: input has shape {tuple(x.shape)} but omega has shape "
-                f"{tuple(params.omega.shape)}; the input must be (..., {n_in})"
-            )
-
-    def apply(params, x):
-        check(params, x)
-        return dense(x, params.omega, params.beta)
-
-    rule = dense.vjp_rule
-
-    def fwd(params, x):
-        check(params, x)
-        return rule.fwd(x, params.omega, params.beta)
-
-    def bwd(params, res, delta):
-        del params
-        h_bar, omega_bar, beta_bar = rule.bwd(res, delta)
-        return DenseParams(omega_bar, beta_bar), h_bar
-
-    def twin(params, x):
-        return rule.twin(x, params.omega, params.beta)
-
-    return Layer(init, _describe(name, apply, rules=LayerRules(fwd, bwd, twin)))
+    return from_rule(name, dense.vjp_rule, make_params, dtype=dtype, param_dtype=param_dtype)
 
 
-def elementwise(name: str, rule: Callable, **static) -> Layer:
-    """A parameter-free layer applying ``rule(x, **static)``, e.g. an activation.
+def elementwise(name: str, rule: Callable, *static, dtype=None) -> Layer:
+    """A parameter-free layer applying ``rule(x, *static)``, e.g. an activation.
 
     ``rule`` must be a funcprop rule (it has ``rule.vjp_rule``); ``static`` holds its
-    static arguments in the order of its signature (``negative_slope``, ``axis``).
+    static arguments in the order of its signature (``negative_slope``, ``axis``),
+    checked by the rule's validation when the layer first runs.
     """
-    vjp_rule = rule.vjp_rule
-    static_args = tuple(static.values())
-
-    def init(key, input_shape):
-        del key
-        return tuple(input_shape), ()
-
-    def apply(params, x):
-        del params
-        return rule(x, **static)
-
-    def fwd(params, x):
-        del params
-        return vjp_rule.fwd(x, *static_args)
-
-    def bwd(params, res, g):
-        del params
-        (x_bar,) = vjp_rule.bwd(*static_args, res, g)
-        return (), x_bar
-
-    def twin(params, x):
-        del params
-        return vjp_rule.twin(x, *static_args)
-
-    return Layer(init, _describe(name, apply, rules=LayerRules(fwd, bwd, twin)))
+    return from_rule(name, rule.vjp_rule, static=static, dtype=layer_dtypes(name, dtype, None)[0])
 
 
-def Sigmoid() -> Layer:
+def Sigmoid(*, dtype=None) -> Layer:
     """σ(f), elementwise."""
-    return elementwise("Sigmoid", activations.sigmoid)
+    return elementwise("Sigmoid", activations.sigmoid, dtype=dtype)
 
 
-def Tanh() -> Layer:
+def Tanh(*, dtype=None) -> Layer:
     """tanh(f), elementwise."""
-    return elementwise("Tanh", activations.tanh)
+    return elementwise("Tanh", activations.tanh, dtype=dtype)
 
 
-def Relu() -> Layer:
+def Relu(*, dtype=None) -> Layer:
     """max(f, 0), elementwise; relu'(0) = 0."""
-    return elementwise("Relu", activations.relu)
+    return elementwise("Relu", activations.relu, dtype=dtype)
 
 
-def LeakyRelu(negative_slope: float = 0.01) -> Layer:
+def LeakyRelu(negative_slope: float = 0.01, *, dtype=None) -> Layer:
     """f if f > 0 else negative_slope·f, elementwise."""
-    activations.leaky_relu(jnp.zeros(()), negative_slope)  # validate the slope now
-    return elementwise(f"LeakyRelu({negative_slope})", activations.leaky_relu, negative_slope=float(negative_slope))
+    slope = activations.negative_slope_arg(negative_slope)
+    return elementwise(f"LeakyRelu({slope:g})", activations.leaky_relu, slope, dtype=dtype)
 
 
-def Softplus() -> Layer:
+def Softplus(*, dtype=None) -> Layer:
     """log(1 + eᶠ), elementwise."""
-    return elementwise("Softplus", activations.softplus)
+    return elementwise("Softplus", activations.softplus, dtype=dtype)
 
 
-def Gelu() -> Layer:
+def Gelu(*, dtype=None) -> Layer:
     """GELU, tanh approximation, elementwise."""
-    return elementwise("Gelu", activations.gelu)
+    return elementwise("Gelu", activations.gelu, dtype=dtype)
 
 
 ACTIVATIONS: dict[str, Callable[[], Layer]] = {

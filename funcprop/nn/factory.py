@@ -1,0 +1,136 @@
+"""One factory for every leaf layer made of a rule: :func:`from_rule`.
+
+A layer made of a rule calls ``rule(x, *params, *static)``: its parameters are a
+NamedTuple whose fields follow ``x`` in the rule's signature (``DenseParams(omega,
+beta)`` for ``dense(h, omega, beta)``), or ``()`` for a layer without parameters.
+Every path, ``apply``, the written-out backprop's fwd and bwd, and the twin, goes
+through :func:`_entry` (the dtype policy) and then the rule's own ``prepare`` (its
+validation), so each check is made once and is the same everywhere.
+
+The dtype policy (DESIGN §7), one place for every path:
+
+- ``dtype=None`` computes in the parameters' dtype. A floating input of another dtype
+  is a TypeError naming the layer: funcprop never promotes silently (Flax would).
+- ``dtype`` set: floating inputs and the parameters are cast to it at the layer's
+  entry. The cast's cotangent is a cast back, so each parameter's gradient arrives in
+  its own dtype (``param_dtype``, float32 by default) and the input's in the input's.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from funcprop.nn._layer import Layer, leaf
+from funcprop.rules._core import VJPRule
+
+
+def _is_float(x) -> bool:
+    return jnp.issubdtype(jnp.result_type(x), jnp.floating)
+
+
+def _float_dtype(fn: str, name: str, value):
+    if value is None:
+        return None
+    try:
+        dt = jnp.dtype(value)
+    except TypeError:
+        dt = None
+    if dt is None or not jnp.issubdtype(dt, jnp.floating):
+        raise TypeError(f"{fn}: {name} must be a floating dtype such as jnp.float32, got {value!r}")
+    return dt
+
+
+def layer_dtypes(fn: str, dtype, param_dtype):
+    """A constructor's ``(dtype, param_dtype)`` as NumPy dtypes (None stays None), or a
+    TypeError naming the layer."""
+    return _float_dtype(fn, "dtype", dtype), _float_dtype(fn, "param_dtype", param_dtype)
+
+
+def _entry(name: str, params: tuple, x, dtype, input_rank):
+    """The dtype policy at a layer's entry: ``(x, params)`` in the computation dtype."""
+    x = jnp.asarray(x)
+    if input_rank is not None and x.ndim != input_rank:
+        raise ValueError(
+            f"{name}: input must have rank {input_rank} (a batch of examples), got shape "
+            f"{tuple(x.shape)}; add a batch axis with x[None]"
+        )
+    floats = [p for p in params if _is_float(p)]
+    if dtype is None:
+        if floats and _is_float(x) and x.dtype != floats[0].dtype:
+            want = floats[0].dtype
+            raise TypeError(
+                f"{name}: input is {x.dtype} but the parameters are {want}; cast the input "
+                f"(x.astype(jnp.{want})) or build the layer with dtype= to compute in another dtype"
+            )
+        return x, params
+    cast = lambda a: a.astype(dtype) if _is_float(a) else a  # noqa: E731
+    return cast(x), tuple(cast(p) for p in params)
+
+
+def from_rule(
+    name: str,
+    rule: VJPRule,
+    make_params: Callable | None = None,
+    *,
+    static: tuple = (),
+    dtype=None,
+    param_dtype=jnp.float32,
+    input_dtype=None,
+    input_rank: int | None = None,
+) -> Layer:
+    """A leaf layer computing ``rule(x, *params, *static)``.
+
+    Args:
+      name: for messages and traces, ``"Dense(7)"``.
+      rule: the rule's :class:`~funcprop.rules._core.VJPRule`.
+      make_params: ``make_params(key, input_shape, param_dtype) -> params``, a
+        NamedTuple in the rule's argument order; None for a layer without parameters.
+      static: the rule's static arguments after the arrays, as its ``prepare`` takes
+        them (a padding spec, a slope).
+      dtype: the computation dtype, or None for the parameters'.
+      param_dtype: the parameters' dtype.
+      input_dtype: the dtype ``init`` traces the rule with; by default the
+        computation dtype (an embedding passes int32 for its ids).
+      input_rank: the rank ``x`` must have (4 for a batch of images), if fixed.
+
+    Returns:
+      A Layer whose ``init`` validates the input shape through the rule's ``prepare``
+      and finds the output shape by tracing the twin abstractly (nothing runs).
+    """
+
+    def args(params, x):
+        x, leaves = _entry(name, tuple(params), x, dtype, input_rank)
+        return rule.prepare(x, *leaves, *static)
+
+    def init(key, input_shape):
+        input_shape = tuple(input_shape)
+        params = () if make_params is None else make_params(key, input_shape, param_dtype)
+        spec = jax.ShapeDtypeStruct((1, *input_shape), input_dtype or dtype or param_dtype)
+        out = jax.eval_shape(lambda p, x: rule.twin(*args(p, x)), params, spec)
+        return tuple(out.shape[1:]), params
+
+    def apply(params, x, *, key=None):
+        del key
+        return rule.core(*args(params, x))
+
+    def fwd(params, x, key):
+        del key
+        a = args(params, x)
+        y, res = rule.fwd(*a)
+        return y, (rule.static(a), res, jnp.result_type(x))
+
+    def bwd(params, res, y_bar):
+        static_args, res, x_dtype = res
+        x_bar, *p_bars = rule.bwd(*static_args, res, y_bar)
+        p_bars = [b.astype(p.dtype) for b, p in zip(p_bars, params)]  # the entry cast's cotangent
+        x_bar = None if x_bar is None else x_bar.astype(x_dtype)
+        return (type(params)(*p_bars) if make_params is not None else ()), x_bar
+
+    def twin(params, x, key):
+        del key
+        return rule.twin(*args(params, x))
+
+    return leaf(name, init, apply, fwd, bwd, twin)

@@ -1,0 +1,145 @@
+"""Model builders: mlp, cnn, and their residual counterparts resmlp and resnet."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax.numpy as jnp
+
+from funcprop.nn._layer import Layer
+from funcprop.nn.compose import FanInSum, FanOut, parallel, residual, serial
+from funcprop.nn.conv import Conv2D, Flatten, MaxPool2D
+from funcprop.nn.dense import _DEFAULT_W_INIT, ACTIVATIONS, Dense, Relu, positive_int
+from funcprop.nn.norm import LayerNorm
+
+
+def _check_activation(fn: str, activation: str) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{fn}: unknown activation {activation!r}; use one of {sorted(ACTIVATIONS)}")
+
+
+def mlp(
+    sizes: Sequence[int],
+    activation: str = "relu",
+    *,
+    w_init=None,
+    b_init="zeros",
+    dtype=None,
+    param_dtype=jnp.float32,
+) -> Layer:
+    """A multilayer perceptron: Dense, activation, ..., Dense (the last gives logits).
+
+    Args:
+      sizes: layer widths including the input: ``[2, 4, 7, 3, 2]`` is the seed's
+        network, Ω_0: (4, 2), ..., Ω_3: (2, 3). ``init`` checks the input shape.
+      activation: a name from ``ACTIVATIONS``.
+      w_init: the weight initialiser; by default He for relu, leaky_relu and gelu,
+        Glorot normal otherwise.
+      b_init: the bias initialiser (zeros).
+      dtype, param_dtype: the computation and parameter dtypes of every layer.
+    """
+    sizes = list(sizes)
+    if len(sizes) < 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes):
+        raise ValueError(f"mlp: sizes must be at least two positive ints (input and output), got {sizes}")
+    _check_activation("mlp", activation)
+    w_init = w_init or _DEFAULT_W_INIT.get(activation, "glorot_normal")
+    dense = dict(w_init=w_init, b_init=b_init, dtype=dtype, param_dtype=param_dtype)
+    layers = []
+    for n_out in sizes[1:-1]:
+        layers += [Dense(n_out, **dense), ACTIVATIONS[activation](dtype=dtype)]
+    layers.append(Dense(sizes[-1], **dense))
+    model = serial(*layers)
+
+    def init(key, input_shape):
+        if tuple(input_shape) != (sizes[0],):
+            raise ValueError(f"mlp: input_shape must be ({sizes[0]},) for sizes {sizes}, got {tuple(input_shape)}")
+        return model.init(key, input_shape)
+
+    return Layer(init, model.apply, model.node)
+
+
+def resmlp(
+    num_classes: int,
+    width: int = 128,
+    depth: int = 2,
+    *,
+    activation: str = "relu",
+    dtype=None,
+    param_dtype=jnp.float32,
+) -> Layer:
+    """A pre-norm residual MLP: Dense(width), then ``depth`` blocks
+    ``x + Dense(width)(a(Dense(width)(LayerNorm(x))))``, then LayerNorm, a, and
+    Dense(num_classes) for the logits.
+    """
+    positive_int("resmlp", "depth", depth)
+    _check_activation("resmlp", activation)
+    w_init = _DEFAULT_W_INIT.get(activation, "glorot_normal")
+    kw = dict(dtype=dtype, param_dtype=param_dtype)
+    act = ACTIVATIONS[activation]
+
+    def block():
+        return residual(serial(LayerNorm(**kw), Dense(width, w_init=w_init, **kw), act(dtype=dtype),
+                               Dense(width, w_init=w_init, **kw)))
+
+    return serial(Dense(width, w_init=w_init, **kw), *[block() for _ in range(depth)], LayerNorm(**kw),
+                  act(dtype=dtype), Dense(num_classes, w_init=w_init, **kw))
+
+
+def resnet(
+    num_classes: int = 10,
+    channels: Sequence[int] = (32, 64),
+    hidden: int = 128,
+    *,
+    dtype=None,
+    param_dtype=jnp.float32,
+) -> Layer:
+    """A small ResNet-style CNN for NHWC images, the residual counterpart of :func:`cnn`.
+
+    A stem Conv2D(channels[0], 3, SAME) + relu; for each further entry of channels a
+    downsampling block of two branches of different depth, joined by a sum:
+    ``relu(conv3x3(relu(conv3x3/2(x))) + conv1x1/2(x))``; after every stage an identity
+    block ``relu(x + conv3x3(relu(LayerNorm(conv3x3(x)))))`` (LayerNorm over channels);
+    then Flatten, Dense(hidden) + relu, Dense(num_classes). For 8×8 digits and the
+    default channels: 8×8×32, 4×4×64, 1024, 128, 10.
+    """
+    kw = dict(dtype=dtype, param_dtype=param_dtype)
+
+    def conv(c, k=3, stride=1):
+        return Conv2D(c, k, stride=stride, padding="SAME", **kw)
+
+    def identity_block(c):
+        return serial(residual(serial(conv(c), LayerNorm(**kw), Relu(dtype=dtype), conv(c))), Relu(dtype=dtype))
+
+    def down_block(c):
+        main = serial(conv(c, stride=2), Relu(dtype=dtype), conv(c))
+        return serial(FanOut(2), parallel(main, conv(c, 1, stride=2)), FanInSum(), Relu(dtype=dtype))
+
+    channels = [positive_int("resnet", "channels", c) for c in channels]
+    layers = [conv(channels[0]), Relu(dtype=dtype), identity_block(channels[0])]
+    for c in channels[1:]:
+        layers += [down_block(c), identity_block(c)]
+    layers += [Flatten(), Dense(hidden, w_init="he_normal", **kw), Relu(dtype=dtype),
+               Dense(num_classes, w_init="he_normal", **kw)]
+    return serial(*layers)
+
+
+def cnn(
+    num_classes: int = 10,
+    channels: Sequence[int] = (32, 64),
+    hidden: int = 128,
+    *,
+    kernel_size=3,
+    pool: int = 2,
+    dtype=None,
+    param_dtype=jnp.float32,
+) -> Layer:
+    """A small CNN: [Conv2D(SAME) + relu] per entry of channels, MaxPool2D, Flatten,
+    Dense(hidden) + relu, Dense(num_classes). For 8×8 digits: 8×8×32, 8×8×64, 4×4×64,
+    1024, 128, 10."""
+    kw = dict(dtype=dtype, param_dtype=param_dtype)
+    layers = []
+    for c in channels:
+        layers += [Conv2D(c, kernel_size, padding="SAME", **kw), Relu(dtype=dtype)]
+    layers += [MaxPool2D(pool, dtype=dtype), Flatten(), Dense(hidden, w_init="he_normal", **kw), Relu(dtype=dtype),
+               Dense(num_classes, w_init="he_normal", **kw)]
+    return serial(*layers)
