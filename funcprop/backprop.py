@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from funcprop.nn import Layer, layer_name
-from funcprop.nn.compose import check_params, check_tuple_input, located, split_key
+from funcprop.nn.compose import check_params, check_tuple_input, located, residual_sum, split_key
 from funcprop.rules.activations import sigmoid
 from funcprop.rules.linear import dense
 
@@ -76,7 +76,7 @@ def _forward(layer: Layer, params, x, key, path: str, order: list):
         (block,) = node.children
         with located(node.kind, 0, block):
             y, tape = _forward(block, params, x, key, f"{path}0.", order)
-        return x + y, tape
+        return residual_sum(node.name, x, y), tape
     check_params(node.name, params, len(node.children))
     keys = split_key(key, len(node.children))
     tapes = []

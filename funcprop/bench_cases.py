@@ -20,7 +20,8 @@ class Case(NamedTuple):
     batch: int
     build: Callable[[], nn.Layer]
     num_classes: int
-    torch_layers: tuple  # ("dense", n_in, n_out) / ("act", name) / ("conv", c_in, c_out) / ...
+    torch_layers: tuple  # specs: ("dense", n_in, n_out), ("act", name), ("conv", c_in, c_out, k), ("pool", k),
+    # ("flatten",), ("layernorm", d), ("dropout", rate), ("residual", specs), ("sum", (specs, specs))
 
 
 def _mlp_case(sizes, activation, batch, name=None):
@@ -36,9 +37,26 @@ def _mlp_case(sizes, activation, batch, name=None):
 def cnn_case(hw: int, batch: int, name: str):
     """:func:`funcprop.nn.cnn` on hw×hw×1 images: conv32-conv64 (3×3 SAME), max-pool 2, 128, 10."""
     flat = (hw // 2) ** 2 * 64
-    layers = (("conv", 1, 32), ("act", "relu"), ("conv", 32, 64), ("act", "relu"), ("pool", 2), ("flatten",),
+    layers = (("conv", 1, 32, 3), ("act", "relu"), ("conv", 32, 64, 3), ("act", "relu"), ("pool", 2), ("flatten",),
               ("dense", flat, 128), ("act", "relu"), ("dense", 128, 10))
     return Case(f"{name} @ {batch}", (hw, hw, 1), batch, nn.cnn, 10, layers)
+
+
+def resmlp_case(width: int, depth: int, batch: int):
+    """:func:`funcprop.nn.resmlp` on digits' 64 features: ``funcprop train --arch resmlp``."""
+    block = ("residual", (("layernorm", width), ("dense", width, width), ("act", "relu"), ("dense", width, width)))
+    layers = (("dense", 64, width), *[block] * depth, ("layernorm", width), ("act", "relu"), ("dense", width, 10))
+    return Case(f"resmlp {width}x{depth} @ {batch}", (64,), batch,
+                lambda: nn.resmlp(10, width=width, depth=depth), 10, layers)
+
+
+def resnet_case(hw: int, batch: int, name: str):
+    """:func:`funcprop.nn.resnet` on hw×hw×1 images: a stem, one two-branch block, pool, 128, 10."""
+    main = (("conv", 32, 64, 3), ("layernorm", 64), ("act", "relu"), ("conv", 64, 64, 3))
+    layers = (("conv", 1, 32, 3), ("act", "relu"), ("sum", (main, (("conv", 32, 64, 1),))), ("act", "relu"),
+              ("pool", 2), ("flatten",), ("dense", (hw // 2) ** 2 * 64, 128), ("act", "relu"), ("dropout", 0.2),
+              ("dense", 128, 10))
+    return Case(f"{name} @ {batch}", (hw, hw, 1), batch, nn.resnet, 10, layers)
 
 
 CASES = (
@@ -48,8 +66,11 @@ CASES = (
     _mlp_case([1024, 4096, 4096, 1024], "relu", 512),
     cnn_case(8, 128, "digits cnn 8x8"),
     cnn_case(28, 64, "mnist cnn 28x28"),
+    resmlp_case(256, 2, 128),
+    resnet_case(8, 128, "digits resnet 8x8"),
 )
-QUICK_CASES = (CASES[0], CASES[1], cnn_case(8, 16, "digits cnn 8x8"))
+QUICK_CASES = (CASES[0], CASES[1], cnn_case(8, 16, "digits cnn 8x8"), resmlp_case(32, 1, 16),
+               resnet_case(8, 16, "digits resnet 8x8"))
 
 
 def case_data(case: Case, key, batches: int = 1):
@@ -60,9 +81,22 @@ def case_data(case: Case, key, batches: int = 1):
     return x, jax.random.randint(ky, (n,), 0, case.num_classes)
 
 
+def _weight_uses(specs, positions: int) -> int:
+    """Σ weights × the positions each is applied at (the convolutions before any pool)."""
+    total = 0
+    for spec in specs:
+        if spec[0] == "dense":
+            total += spec[1] * spec[2]
+        elif spec[0] == "conv":
+            total += spec[3] ** 2 * spec[1] * spec[2] * positions
+        elif spec[0] == "residual":
+            total += _weight_uses(spec[1], positions)
+        elif spec[0] == "sum":
+            total += sum(_weight_uses(branch, positions) for branch in spec[1])
+    return total
+
+
 def case_flops(case: Case) -> float:
     """Rough FLOPs of one step (6 per weight per example and output position)."""
-    weights = sum(s[1] * s[2] for s in case.torch_layers if s[0] == "dense")
     positions = case.input_shape[0] * case.input_shape[1] if len(case.input_shape) == 3 else 1
-    weights += sum(9 * s[1] * s[2] * positions for s in case.torch_layers if s[0] == "conv")
-    return 6.0 * weights * case.batch
+    return 6.0 * _weight_uses(case.torch_layers, positions) * case.batch

@@ -22,31 +22,74 @@ def available() -> bool:
     return True
 
 
-def build(case):
-    """``torch.nn.Sequential`` of the case's layers (NHWC input for the CNN)."""
-    import torch  # noqa: F401
+def build(case, *, train: bool = True):
+    """A ``torch.nn.Module`` of the case's layer specs (NHWC input for the CNNs).
+
+    ``train=False`` puts it in eval mode (no dropout), as funcprop's step runs with
+    ``key=None``; the epoch, which passes keys, compares with train mode.
+    """
+    import torch
     from torch import nn
 
     class ToNCHW(nn.Module):
         def forward(self, x):
             return x.permute(0, 3, 1, 2)
 
+    class ChannelNorm(nn.Module):  # LayerNorm over the channels of NCHW, as funcprop's over NHWC's last axis
+        def __init__(self, d):
+            super().__init__()
+            self.norm = nn.LayerNorm(d)
+
+        def forward(self, x):
+            return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    class Residual(nn.Module):
+        def __init__(self, block):
+            super().__init__()
+            self.block = block
+
+        def forward(self, x):
+            return x + self.block(x)
+
+    class Sum(nn.Module):
+        def __init__(self, branches):
+            super().__init__()
+            self.branches = nn.ModuleList(branches)
+
+        def forward(self, x):
+            return sum(branch(x) for branch in self.branches)
+
     acts = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
-    layers = [ToNCHW()] if len(case.input_shape) == 3 else []
-    for spec in case.torch_layers:
-        kind = spec[0]
-        if kind == "dense":
-            layers.append(nn.Linear(spec[1], spec[2]))
-        elif kind == "act":
-            layers.append(acts[spec[1]]())
-        elif kind == "conv":
-            layers.append(nn.Conv2d(spec[1], spec[2], 3, padding="same"))
-        elif kind == "pool":
-            layers.append(nn.MaxPool2d(spec[1]))
-        elif kind == "flatten":
-            layers.append(nn.Flatten())
+    images = len(case.input_shape) == 3
+
+    def seq(specs, spatial):
+        layers = []
+        for spec in specs:
+            kind = spec[0]
+            if kind == "dense":
+                layers.append(nn.Linear(spec[1], spec[2]))
+            elif kind == "act":
+                layers.append(acts[spec[1]]())
+            elif kind == "conv":
+                layers.append(nn.Conv2d(spec[1], spec[2], spec[3], padding="same"))
+            elif kind == "pool":
+                layers.append(nn.MaxPool2d(spec[1]))
+            elif kind == "flatten":
+                layers.append(nn.Flatten())  # NCHW order: the weights are random, the cost the same
+                spatial = False
+            elif kind == "layernorm":
+                layers.append(ChannelNorm(spec[1]) if spatial else nn.LayerNorm(spec[1]))
+            elif kind == "dropout":
+                layers.append(nn.Dropout(spec[1]))
+            elif kind == "residual":
+                layers.append(Residual(seq(spec[1], spatial)))
+            elif kind == "sum":
+                layers.append(Sum([seq(branch, spatial) for branch in spec[1]]))
+        return nn.Sequential(*layers)
+
     torch.manual_seed(0)
-    return nn.Sequential(*layers)
+    model = nn.Sequential(*([ToNCHW()] if images else []), seq(case.torch_layers, images))
+    return model.train(train)
 
 
 def _step_fn(model, optimizer):
@@ -90,7 +133,7 @@ def runners(case, x: np.ndarray, y: np.ndarray, log=print) -> dict:
     yt = torch.from_numpy(np.asarray(y, np.int64))
     out = {}
     for label in ("torch", "torch.compile"):
-        model = build(case)
+        model = build(case, train=False)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         step = _step_fn(model, optimizer)
         if label == "torch.compile":

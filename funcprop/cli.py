@@ -44,57 +44,46 @@ _positive_float = _checked(float, "a positive number", lambda v: 0 < v < float("
 # --- funcprop shapes --------------------------------------------------------------
 
 
-def shapes_table(sizes, batch=None, activation="sigmoid") -> str:
-    """Per dense layer k, the shapes of h, Ω, β, f, δ, ∂L/∂Ω, ∂L/∂β and ∂L/∂h.
-
-    The shapes are those of a real pass of :func:`funcprop.backprop.value_and_grad`
-    with ``return_intermediates=True``, traced by ``jax.eval_shape`` (nothing is
-    computed). Without ``batch`` one example is shown, as in the seed's walkthrough.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    from funcprop import backprop, nn
-    from funcprop.rules.losses import softmax_cross_entropy
-
-    model = nn.mlp(list(sizes), activation=activation)
-    lead = () if batch is None else (batch,)
-    x = jax.ShapeDtypeStruct((*lead, sizes[0]), jnp.float32)
-    y = jax.ShapeDtypeStruct(lead, jnp.int32)
-    params = jax.eval_shape(lambda k: model.init(k, (sizes[0],))[1], jax.random.key(0))
-    fn = backprop.value_and_grad(model, softmax_cross_entropy, return_intermediates=True)
-    _, grads, traces = jax.eval_shape(fn, params, x, y)
-
-    def fmt(s):
-        return str(tuple(s.shape))
-
-    header = ["layer", "h_k", "Ω_k", "β_k", "f_k", "δ_k = ∂L/∂f_k", "∂L/∂Ω_k", "∂L/∂β_k", "∂L/∂h_k"]
-    rows = []
-    dense_traces = [t for t in traces if "Dense" in t.name]
-    dense_grads = [g for g in grads if isinstance(g, nn.DenseParams)]
-    dense_params = [p for p in params if isinstance(p, nn.DenseParams)]
-    for k, (t, g, p) in enumerate(zip(dense_traces, dense_grads, dense_params)):
-        rows.append([str(k), fmt(t.input), fmt(p.omega), fmt(p.beta), fmt(t.output),
-                     fmt(t.output_grad), fmt(g.omega), fmt(g.beta), fmt(t.input_grad)])
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    what = "one example" if batch is None else f"batch of {batch}"
-    title = f"mlp {'-'.join(map(str, sizes))} ({activation}, softmax cross-entropy), {what}:"
-    return "\n".join([title, *lines])
-
-
 def _cmd_shapes(args) -> int:
-    if len(args.sizes) < 2:
-        raise UsageError("shapes needs at least two layer sizes, e.g. funcprop shapes 2 4 7 3 2")
-    print(shapes_table(args.sizes, args.batch, args.activation))
+    from funcprop import shapes
+
+    if args.arch == "mlp":
+        if len(args.sizes) < 2:
+            raise UsageError("shapes needs at least two layer sizes, e.g. funcprop shapes 2 4 7 3 2")
+        print(shapes.mlp_table(args.sizes, args.batch, args.activation))
+        return 0
+    if args.sizes:
+        raise UsageError(f"--arch {args.arch} takes no layer sizes (it is built for digits: 8x8 images, 10 classes)")
+    model, _ = build_model(args.arch, DIGITS_SHAPE[args.arch in IMAGE_ARCHS], 10, args.hidden, args.activation)
+    batch = args.batch or (1 if args.arch in IMAGE_ARCHS else None)  # Flatten needs a batch axis
+    print(shapes.graph_table(model, DIGITS_SHAPE[args.arch in IMAGE_ARCHS], batch, title=f"{args.arch} for digits"))
     return 0
 
 
 # --- funcprop verify / train / report ------------------------------------------------
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "momentum", "rmsprop")
-ARCHS = ("mlp", "seed", "cnn")
+ARCHS = ("mlp", "seed", "cnn", "resmlp", "resnet")
+IMAGE_ARCHS = ("cnn", "resnet")  # models of NHWC images
+DIGITS_SHAPE = {False: (64,), True: (8, 8, 1)}  # one digits example, flat or as an image
+
+
+def build_model(arch: str, example_shape, num_classes: int, hidden, activation: str):
+    """(model, title) for ``--arch``: the layers ``train`` and ``shapes`` build."""
+    from funcprop import nn
+
+    if arch == "cnn":
+        return nn.cnn(num_classes), "cnn"
+    if arch == "resnet":
+        return nn.resnet(num_classes), "resnet"
+    if arch == "resmlp":
+        return (nn.resmlp(num_classes, width=hidden[0], depth=len(hidden), activation=activation),
+                f"resmlp width {hidden[0]} x {len(hidden)} blocks {activation}")
+    if arch == "seed":
+        sizes, activation = [example_shape[0], 4, 7, 3, num_classes], "sigmoid"
+    else:
+        sizes = [example_shape[0], *hidden, num_classes]
+    return nn.mlp(sizes, activation=activation), f"mlp {'-'.join(map(str, sizes))} {activation}"
 
 
 def _optimizer(name: str, lr: float):
@@ -144,10 +133,10 @@ def _load_dataset(args):
         if args.dataset == "toy":
             import jax
 
-            if args.arch == "cnn":
-                raise UsageError("--arch cnn needs images; the toy dataset is 2-D points (use digits or mnist)")
+            if args.arch in IMAGE_ARCHS:
+                raise UsageError(f"--arch {args.arch} needs images; the toy dataset is 2-D points (use digits or mnist)")
             return data.toy(jax.random.key(args.seed), kind=args.toy_kind)
-        return data.load(args.dataset, seed=args.seed, path=args.data_path, image=args.arch == "cnn")
+        return data.load(args.dataset, seed=args.seed, path=args.data_path, image=args.arch in IMAGE_ARCHS)
     except (FileNotFoundError, ValueError) as err:
         raise UsageError(str(err)) from err
 
@@ -162,14 +151,10 @@ def _cmd_train(args) -> int:
     from funcprop import nn, plots, train
 
     ds = _load_dataset(args)
-    if args.arch == "cnn":
-        model, title = nn.cnn(ds.num_classes), f"{ds.name}, cnn"
-    else:
-        if args.arch == "seed":
-            sizes, activation = [ds.example_shape[0], 4, 7, 3, ds.num_classes], "sigmoid"
-        else:
-            sizes, activation = [ds.example_shape[0], *args.hidden, ds.num_classes], args.activation
-        model, title = nn.mlp(sizes, activation=activation), f"{ds.name}, mlp {'-'.join(map(str, sizes))} {activation}"
+    if args.arch == "resmlp" and not args.hidden:
+        raise UsageError("--arch resmlp needs --hidden WIDTH [WIDTH ...] (one residual block per entry)")
+    model, title = build_model(args.arch, ds.example_shape, ds.num_classes, args.hidden, args.activation)
+    title = f"{ds.name}, {title}"
     _, params = model.init(jax.random.key(args.seed), ds.example_shape)
     if args.batch_size > ds.x_train.shape[0]:
         raise UsageError(f"--batch-size {args.batch_size} exceeds the {ds.x_train.shape[0]} training examples")
@@ -225,7 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("shapes", help="print the shapes of every term of backprop, layer by layer")
-    p.add_argument("sizes", nargs="+", type=_positive_int, help="layer sizes including the input, e.g. 2 4 7 3 2")
+    p.add_argument("sizes", nargs="*", type=_positive_int, help="mlp layer sizes including the input, e.g. 2 4 7 3 2")
+    p.add_argument("--arch", choices=("mlp", "cnn", "resmlp", "resnet"), default="mlp",
+                   help="mlp: the dense terms for SIZES; the others: every leaf of that model for digits")
+    p.add_argument("--hidden", type=_positive_int, nargs="+", default=[128, 128], help="resmlp width and blocks")
     p.add_argument("--batch", type=_positive_int, default=None, help="a batch size (default: one example)")
     p.add_argument("--activation", default="sigmoid", choices=sorted(_activations()), help="hidden activation")
     p.set_defaults(run=_cmd_shapes)
@@ -243,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=DATASETS, default="digits")
     p.add_argument("--data-path", default=None, help="folder of the MNIST IDX files (for --dataset mnist)")
     p.add_argument("--toy-kind", choices=("moons", "spirals"), default="moons")
-    p.add_argument("--arch", choices=ARCHS, default="mlp", help="mlp: --hidden widths; seed: the seed's 4-7-3 sigmoid net; cnn: conv32-conv64-pool-128")
+    p.add_argument("--arch", choices=ARCHS, default="mlp", help="mlp: --hidden widths; seed: the seed's 4-7-3 sigmoid net; cnn: conv32-conv64-pool-128; "
+                   "resmlp: pre-norm residual MLP, width --hidden[0], a block per --hidden entry; resnet: residual CNN")
     p.add_argument("--hidden", type=_positive_int, nargs="*", default=[256, 256], help="hidden widths of the mlp")
     p.add_argument("--activation", choices=sorted(_activations()), default="relu")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")

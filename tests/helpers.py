@@ -1,4 +1,5 @@
-"""Naive references for the tests: autodiff VJPs of float arguments, and comparison.
+"""Naive references for the tests: autodiff VJPs of float arguments, a network's
+gradients three ways, and comparison.
 
 The error measure is the scaled relative error of each element,
 ``|a − b| / (|b| + max|b|)``: relative for elements near the largest, absolute
@@ -9,6 +10,8 @@ only the rounding of the larger terms.
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from funcprop import backprop, nn
 
 # Tolerances tied to precision: a few thousand ulps of headroom, no more.
 RTOL = {np.dtype("float32"): 1e-5, np.dtype("float64"): 1e-12}
@@ -69,3 +72,39 @@ def assert_close(actual, expected, rtol, what=""):
             f"{what}: scaled relative error {err.max():.3g} > {rtol:g} at index {i}: "
             f"got {actual[i]!r}, expected {expected[i]!r}"
         )
+
+
+def assert_trees_close(actual, expected, rtol, what=""):
+    """assert_close leaf by leaf, after checking that the pytree structures agree."""
+    assert jax.tree.structure(actual) == jax.tree.structure(expected), f"{what}: pytree structure"
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(actual), jax.tree.leaves(expected)):
+        assert_close(a, b, rtol, f"{what} at {jax.tree_util.keystr(path)}")
+
+
+def random_params(model, input_shape, seed=0, scale=0.5):
+    """Params of ``model``'s structure and dtypes, every entry drawn N(0, scale²) by
+    NumPy (biases off 0, γ off 1, so each cotangent meets a nontrivial forward).
+
+    The shapes come from ``jax.eval_shape`` of ``model.init`` (its checks still run):
+    drawing eagerly with jax.random would compile a kernel for every new shape.
+    """
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(lambda k: model.init(k, input_shape)[1], jax.random.key(0))
+    return jax.tree.map(lambda s: jnp.asarray(scale * rng.standard_normal(s.shape), s.dtype), shapes)
+
+
+def grads_three_ways(model, loss, params, x, y, key=None):
+    """``{"backprop", "rules", "twins"}`` -> (loss, grads): the written-out backprop,
+    and jax.value_and_grad through the rules (``loss(model.apply(...), y)``) and through
+    the plain twins. One jitted program, so one compilation per case."""
+    twin, twin_loss = nn.twin(model), loss.vjp_rule.twin
+
+    @jax.jit
+    def run(params, x, y, key):
+        return {
+            "backprop": backprop.value_and_grad(model, loss)(params, x, y, key=key),
+            "rules": jax.value_and_grad(lambda p: loss(model.apply(p, x, key=key), y))(params),
+            "twins": jax.value_and_grad(lambda p: twin_loss(twin(p, x, key=key), y))(params),
+        }
+
+    return run(params, x, y, key)

@@ -61,3 +61,17 @@ def test_rules_and_backprop_compile_to_one_program():
     prints = {g: bench.program_fingerprint(bench.make_step(model, g, opt).lower(params, opt.init(params), x, y).compile())
               for g in ("rules", "backprop", "twins")}
     assert prints["rules"] == prints["backprop"] != prints["twins"]
+
+
+@pytest.mark.parametrize("case", bench.CASES, ids=[c.name for c in bench.CASES])
+def test_torch_twin_has_the_same_parameter_count(case):
+    """The PyTorch network built from the case's specs is the funcprop model's size."""
+    pytest.importorskip("torch")
+    import jax
+    import numpy as np
+
+    from funcprop import bench_torch
+
+    _, params = case.build().init(jax.random.key(0), case.input_shape)
+    ours = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params))
+    assert sum(p.numel() for p in bench_torch.build(case).parameters()) == ours

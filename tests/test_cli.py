@@ -55,3 +55,24 @@ def test_bad_seed_exits_2_naming_the_flag(seed, capsys):
         main(["train", "--seed", seed])
     assert stop.value.code == 2
     assert "argument --seed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch, row", [("resmlp", "1.0.0 LayerNorm"), ("resnet", "2.0 FanOut(2)"), ("cnn", "3 Relu")])
+def test_shapes_walks_every_leaf_of_a_graph(arch, row, capsys):
+    assert main(["shapes", "--arch", arch, "--batch", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{arch} for digits") and f"\n{row} " in out
+
+
+def test_shapes_of_a_graph_takes_no_sizes(capsys):
+    assert main(["shapes", "--arch", "resnet", "2", "3"]) == 2
+    assert "takes no layer sizes" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("standard_promotion")  # optax's update promotes python scalars
+@pytest.mark.parametrize("arch", ["resmlp", "resnet"])
+def test_train_a_residual_architecture(arch, tmp_path, capsys):
+    argv = ["train", "--arch", arch, "--epochs", "1", "--no-progress", "--no-cache", "--out", str(tmp_path)]
+    assert main(argv + (["--hidden", "32"] if arch == "resmlp" else [])) == 0
+    assert f"digits, {arch}" in capsys.readouterr().out
+    assert (tmp_path / "checkpoint.npz").exists()

@@ -164,3 +164,30 @@ def test_mse_training_records_no_accuracy(tmp_path):
     with pytest.raises(ValueError, match="train: target_accuracy needs an accuracy"):
         train.train(model, params, optax.adam(1e-2), ds, epochs=1, batch_size=16, key=jax.random.key(2), loss=fp.mse,
                     progress=False, target_accuracy=0.9)
+
+
+def test_a_residual_network_with_dropout_trains_to_the_same_parameters_three_ways(toy_data):
+    """Branches, a residual around LayerNorm, and dropout fed a fresh key each step:
+    the rules, the twins and the written-out backprop reach one set of parameters."""
+    block = nn.residual(nn.serial(nn.LayerNorm(), nn.Dense(8), nn.Tanh(), nn.Dense(8)))
+    model = nn.serial(nn.Dense(8), block, nn.Dropout(0.3),
+                      nn.FanOut(2), nn.parallel(nn.serial(nn.Dense(8), nn.Tanh()), nn.Identity()), nn.FanInSum(),
+                      nn.Dense(2))
+    _, params = model.init(jax.random.key(1), (2,))
+    runs = {g: train.train(model, params, optax.adam(1e-2), toy_data, epochs=3, batch_size=16,
+                           key=jax.random.key(2), gradient=g, progress=False) for g in train.GRADIENTS}
+    for g in ("twins", "backprop"):
+        for a, b in zip(jax.tree.leaves(runs[g].params), jax.tree.leaves(runs["rules"].params)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert runs["rules"].history[-1]["train_loss"] < runs["rules"].history[0]["train_loss"]
+
+
+def test_dropout_gets_a_fresh_key_every_step(toy_data):
+    """The same data and params but another step key: another dropout mask, another loss."""
+    model = nn.serial(nn.Dense(16), nn.Dropout(0.5), nn.Dense(2))
+    _, params = model.init(jax.random.key(1), (2,))
+    grad_fn = train.loss_and_grad(model, fp.softmax_cross_entropy)
+    x, y = jnp.asarray(toy_data.x_train[:32]), jnp.asarray(toy_data.y_train[:32])
+    values = {float(grad_fn(params, x, y, key=jax.random.key(k))[0]) for k in range(4)}
+    assert len(values) == 4
+    assert grad_fn(params, x, y)[0] == grad_fn(params, x, y, key=None)[0]  # no key: no dropout

@@ -65,6 +65,31 @@ def check_tuple_input(name: str, x, n: int | None) -> None:
         raise ValueError(f"{name}: input must be {want} (put FanOut before it), got {got}")
 
 
+def same_arrays(name: str, what: str, arrays) -> None:
+    """ValueError unless the arrays share one shape, TypeError unless one dtype: where
+    values are added (a residual, FanInSum), jnp would broadcast or promote silently,
+    and the backward would hand each input a cotangent of the wrong shape or dtype."""
+    shapes = [tuple(jnp.shape(a)) for a in arrays]
+    if len(set(shapes)) != 1:
+        raise ValueError(f"{name}: {what} must share one shape, got {shapes}")
+    dtypes = [jnp.result_type(a) for a in arrays]
+    if len(set(dtypes)) != 1:
+        raise TypeError(f"{name}: {what} must share one dtype, got {[str(d) for d in dtypes]}; funcprop never "
+                        f"promotes silently: give the layers one computation dtype (dtype=)")
+
+
+def residual_sum(name: str, x, y):
+    """``x + y`` for a residual, or an error naming it if the block changed the shape
+    (its params do not match its init) or the dtype of its input."""
+    if jnp.shape(x) != jnp.shape(y):
+        raise ValueError(f"{name}: the block maps {jnp.shape(x)} to {jnp.shape(y)}; a residual block must keep "
+                         f"the shape (do the params match the ones its init gave?)")
+    if jnp.result_type(x) != jnp.result_type(y):
+        raise TypeError(f"{name}: the block maps {jnp.result_type(x)} to {jnp.result_type(y)}; funcprop never "
+                        f"promotes silently: give the block and the layers before it one computation dtype (dtype=)")
+    return x + y
+
+
 def run(layer: Layer, params, x, key, at_leaf: Callable):
     """Evaluate a network, calling ``at_leaf(layer, params, x, key)`` at each leaf."""
     node = layer.node
@@ -73,7 +98,8 @@ def run(layer: Layer, params, x, key, at_leaf: Callable):
     if node.kind == "residual":
         (block,) = node.children
         with located(node.kind, 0, block):
-            return x + run(block, params, x, key, at_leaf)
+            y = run(block, params, x, key, at_leaf)
+        return residual_sum(node.name, x, y)
     check_params(node.name, params, len(node.children))
     keys = split_key(key, len(node.children))
     if node.kind == "serial":
@@ -168,7 +194,8 @@ def parallel(*layers: Layer) -> Layer:
 
 
 def residual(block: Layer) -> Layer:
-    """``x + block(x)``: the block's output must have its input's shape.
+    """``x + block(x)``: the block's output must have its input's shape and dtype
+    (checked at init and on every pass; nothing is broadcast or promoted).
 
     Params are the block's. In the backward the input's cotangent is the sum of the
     two uses of x: ``x̄ = ȳ + block_x̄(ȳ)``.
@@ -220,7 +247,8 @@ def FanOut(num: int) -> Layer:
 
 
 def FanInSum() -> Layer:
-    """``(x_1, ..., x_n) -> Σ x_i`` of one shape. Backward: ``x̄_i = ȳ`` for every i."""
+    """``(x_1, ..., x_n) -> Σ x_i`` of one shape and dtype (nothing is broadcast or
+    promoted). Backward: ``x̄_i = ȳ`` for every i."""
 
     def init(key, input_shape):
         shapes = {tuple(s) for s in input_shape}
@@ -230,6 +258,7 @@ def FanInSum() -> Layer:
 
     def apply(params, x, *, key=None):
         check_tuple_input("FanInSum", x, None)
+        same_arrays("FanInSum", "the inputs", x)
         return functools.reduce(jnp.add, x)
 
     def fwd(params, x, key):
@@ -260,6 +289,10 @@ def FanInConcat(axis: int = -1) -> Layer:
 
     def apply(params, x, *, key=None):
         check_tuple_input(name, x, None)
+        dtypes = {jnp.result_type(a) for a in x}
+        if len(dtypes) != 1:
+            raise TypeError(f"{name}: the inputs must share one dtype, got {sorted(map(str, dtypes))}; funcprop "
+                            f"never promotes silently: give the branches one computation dtype (dtype=)")
         return jnp.concatenate(x, axis=batched)
 
     def fwd(params, x, key):
@@ -270,6 +303,21 @@ def FanInConcat(axis: int = -1) -> Layer:
         return (), tuple(jnp.split(y_bar, cuts, axis=batched))
 
     return leaf(name, init, apply, fwd, bwd, lambda p, x, k: apply(p, x))
+
+
+def leaves(layer: Layer, params, path: str = ""):
+    """``(path, leaf, leaf_params)`` for every leaf, in the order a forward runs them;
+    ``params`` may be any pytree of the params' structure (the gradients). The path
+    is the leaf's position, child by child: ``"2.0.1"``, as in backprop's traces."""
+    node = layer.node
+    if node is None or node.kind == "rule":
+        yield path.rstrip(".") or "0", layer, params
+        return
+    if node.kind == "residual":
+        yield from leaves(node.children[0], params, f"{path}0.")
+        return
+    for i, (child, p) in enumerate(zip(node.children, params)):
+        yield from leaves(child, p, f"{path}{i}.")
 
 
 def twin(model: Layer) -> Callable[..., jax.Array]:

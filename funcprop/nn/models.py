@@ -10,6 +10,7 @@ from funcprop.nn._layer import Layer
 from funcprop.nn.compose import FanInSum, FanOut, parallel, residual, serial
 from funcprop.nn.conv import Conv2D, Flatten, MaxPool2D
 from funcprop.nn.dense import _DEFAULT_W_INIT, ACTIVATIONS, Dense, Relu, positive_int
+from funcprop.nn.embedding import Dropout
 from funcprop.nn.norm import LayerNorm
 
 
@@ -90,36 +91,36 @@ def resnet(
     channels: Sequence[int] = (32, 64),
     hidden: int = 128,
     *,
+    pool: int = 2,
+    dropout: float = 0.2,
     dtype=None,
     param_dtype=jnp.float32,
 ) -> Layer:
     """A small ResNet-style CNN for NHWC images, the residual counterpart of :func:`cnn`.
 
-    A stem Conv2D(channels[0], 3, SAME) + relu; for each further entry of channels a
-    downsampling block of two branches of different depth, joined by a sum:
-    ``relu(conv3x3(relu(conv3x3/2(x))) + conv1x1/2(x))``; after every stage an identity
-    block ``relu(x + conv3x3(relu(LayerNorm(conv3x3(x)))))`` (LayerNorm over channels);
-    then Flatten, Dense(hidden) + relu, Dense(num_classes). For 8×8 digits and the
-    default channels: 8×8×32, 4×4×64, 1024, 128, 10.
+    A stem Conv2D(channels[0], 3, SAME) + relu; for each further entry c of channels a
+    block of two branches of different depth, joined by a sum:
+    ``relu(conv3x3(relu(LayerNorm(conv3x3(x)))) + conv1x1(x))`` (LayerNorm over the
+    channels, the 1×1 convolution projecting to c); then MaxPool2D(pool), Flatten,
+    Dense(hidden) + relu, Dropout(dropout), Dense(num_classes). For 8×8 digits and the
+    default channels: 8×8×32, 8×8×64, 4×4×64, 1024, 128, 10.
+
+    On digits (20 epochs, 5 seeds, ``experiments/train_residual.py``) this design beat
+    the same without dropout, and with an extra identity block, and :func:`cnn`.
     """
     kw = dict(dtype=dtype, param_dtype=param_dtype)
 
-    def conv(c, k=3, stride=1):
-        return Conv2D(c, k, stride=stride, padding="SAME", **kw)
+    def conv(c, k=3):
+        return Conv2D(c, k, padding="SAME", **kw)
 
-    def identity_block(c):
-        return serial(residual(serial(conv(c), LayerNorm(**kw), Relu(dtype=dtype), conv(c))), Relu(dtype=dtype))
-
-    def down_block(c):
-        main = serial(conv(c, stride=2), Relu(dtype=dtype), conv(c))
-        return serial(FanOut(2), parallel(main, conv(c, 1, stride=2)), FanInSum(), Relu(dtype=dtype))
+    def block(c):
+        main = serial(conv(c), LayerNorm(**kw), Relu(dtype=dtype), conv(c))
+        return serial(FanOut(2), parallel(main, conv(c, 1)), FanInSum(), Relu(dtype=dtype))
 
     channels = [positive_int("resnet", "channels", c) for c in channels]
-    layers = [conv(channels[0]), Relu(dtype=dtype), identity_block(channels[0])]
-    for c in channels[1:]:
-        layers += [down_block(c), identity_block(c)]
-    layers += [Flatten(), Dense(hidden, w_init="he_normal", **kw), Relu(dtype=dtype),
-               Dense(num_classes, w_init="he_normal", **kw)]
+    layers = [conv(channels[0]), Relu(dtype=dtype)] + [block(c) for c in channels[1:]]
+    layers += [MaxPool2D(pool, dtype=dtype), Flatten(), Dense(hidden, w_init="he_normal", **kw), Relu(dtype=dtype),
+               Dropout(dropout), Dense(num_classes, w_init="he_normal", **kw)]
     return serial(*layers)
 
 
