@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from funcprop.nn import Layer, layer_name
-from funcprop.nn.compose import check_params, check_tuple_input, located, residual_sum, split_key
+from funcprop.nn.compose import add_cotangents, check_params, check_tuple_input, located, residual_sum, split_key
 from funcprop.rules.activations import sigmoid
 from funcprop.rules.linear import dense
 
@@ -108,7 +108,7 @@ def _backward(layer: Layer, params, tape, y_bar, path: str, traces: dict):
         (block,) = node.children
         with located(node.kind, 0, block):
             params_bar, x_bar = _backward(block, params, tape, y_bar, f"{path}0.", traces)
-        return params_bar, y_bar + x_bar
+        return params_bar, add_cotangents((y_bar, x_bar))
     grads = [None] * len(node.children)
     if node.kind == "parallel":
         x_bars = [None] * len(node.children)

@@ -151,8 +151,9 @@ def _cmd_train(args) -> int:
     from funcprop import nn, plots, train
 
     ds = _load_dataset(args)
-    if args.arch == "resmlp" and not args.hidden:
-        raise UsageError("--arch resmlp needs --hidden WIDTH [WIDTH ...] (one residual block per entry)")
+    if args.arch == "resmlp" and (not args.hidden or len(set(args.hidden)) != 1):
+        raise UsageError(f"--arch resmlp needs --hidden with one width repeated, one entry per residual block "
+                         f"(e.g. --hidden 256 256), got {args.hidden}")
     model, title = build_model(args.arch, ds.example_shape, ds.num_classes, args.hidden, args.activation)
     title = f"{ds.name}, {title}"
     _, params = model.init(jax.random.key(args.seed), ds.example_shape)

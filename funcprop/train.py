@@ -59,7 +59,9 @@ def loss_and_grad(model, loss: Callable = softmax_cross_entropy, gradient: str =
     """
     if gradient not in GRADIENTS:
         raise ValueError(f"loss_and_grad: gradient must be one of {GRADIENTS}, got {gradient!r}")
-    is_layer = isinstance(model, nn.Layer)
+    is_layer = isinstance(model, tuple) and len(model) == 2
+    if is_layer:
+        model = nn.as_layer("loss_and_grad", 0, model)  # a stax pair too (it has no structure)
     apply = model.apply if is_layer else model
     if not callable(apply):
         raise TypeError(f"loss_and_grad: model must be a Layer or an apply function, got {type(model).__name__}")
@@ -76,6 +78,17 @@ def loss_and_grad(model, loss: Callable = softmax_cross_entropy, gradient: str =
         lambda params, x, y, key: loss(apply(params, x, key=key) if is_layer else apply(params, x), y)
     )
     return lambda params, x, y, *, key=None: value_and_grad(params, x, y, key)
+
+
+def epoch_keys(key, n_batches: int):
+    """``(next epoch's key, the shuffle's key, one key per step)`` from the epoch's key.
+
+    Three independent streams: the step keys (for dropout; unused ones compile away)
+    share nothing with the shuffle's. ``split(key, 3)`` begins with ``split(key, 2)``'s
+    two keys, so the shuffles are those of a model without dropout.
+    """
+    key, shuffle_key, dropout_key = jax.random.split(key, 3)
+    return key, shuffle_key, jax.random.split(dropout_key, n_batches)
 
 
 def make_epoch(grad_fn, optimizer: optax.GradientTransformation, n_examples: int, batch_size: int, unroll: int = 1):
@@ -101,9 +114,8 @@ def make_epoch(grad_fn, optimizer: optax.GradientTransformation, n_examples: int
         return (optax.apply_updates(params, updates), opt_state), value
 
     def epoch(state: TrainState, x, y):
-        key, shuffle_key = jax.random.split(state.key)
+        key, shuffle_key, step_keys = epoch_keys(state.key, n_batches)
         order = shuffle.permutation(shuffle_key, n_examples)[: n_batches * batch_size]
-        step_keys = jax.random.split(jax.random.fold_in(shuffle_key, 1), n_batches)  # dropout's; unused ones compile away
         (params, opt_state), losses = jax.lax.scan(
             lambda c, xs: step(c, *xs, x, y), (state.params, state.opt_state),
             (order.reshape(n_batches, batch_size), step_keys), unroll=unroll,

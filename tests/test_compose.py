@@ -57,6 +57,12 @@ NETWORKS = {
         lambda: nn.serial(dense(D), nn.residual(nn.serial(ln(), dense(2 * D), nn.Gelu(), dense(D))), dense(C)),
         (2,), None),
     "embedding_flatten_dense": (lambda: nn.serial(nn.Embedding(V, 2, **P64), nn.Flatten(), dense(C)), (3,), "ids"),
+    "prenorm_block_over_a_sequence": (  # Dense and LayerNorm per position of (T, d) examples
+        lambda: nn.serial(nn.Embedding(V, D, **P64), nn.residual(nn.serial(ln(), dense(2 * D), nn.Gelu(), dense(D))),
+                          nn.Flatten(), dense(C)), (3,), "ids"),
+    "fanout_into_two_embeddings": (  # the ids' cotangents are None on both branches
+        lambda: nn.serial(nn.FanOut(2), nn.parallel(nn.Embedding(V, 2, **P64), nn.Embedding(V, 2, **P64)),
+                          nn.FanInSum(), nn.Flatten(), dense(C)), (3,), "ids"),
     "resmlp": (lambda: nn.resmlp(C, width=4, depth=2, **P64), (2,), None),
     "resnet": (lambda: nn.resnet(C, channels=(2, 3), hidden=4, **P64), (8, 8, 1), None),
 }
@@ -354,3 +360,11 @@ def test_fan_in_sum_alone_names_itself():
         nn.FanInSum().apply((), (jnp.ones((2, 3)), jnp.ones((2, 1))))
     with pytest.raises(ValueError, match=r"FanInSum: input must be a tuple \(put FanOut before it\)"):
         nn.FanInSum().apply((), jnp.ones((2, 3)))
+
+
+def test_params_of_a_leaf_may_be_a_plain_tuple():
+    """apply and jax.grad take a tuple in place of DenseParams; so does backprop."""
+    model, params, x, y = problem("residual")
+    as_tuples = jax.tree.map(lambda p: tuple(p) if isinstance(p, nn.DenseParams) else p, params,
+                             is_leaf=lambda p: isinstance(p, nn.DenseParams))
+    assert_matches_references(model, fp.mse, as_tuples, x, y, what="tuple params")

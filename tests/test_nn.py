@@ -78,8 +78,15 @@ def test_twin_matches_apply():
 
 def test_init_error_names_layer_and_position():
     model = nn.serial(nn.Dense(4), nn.Relu(), nn.Dense(3))
-    with pytest.raises(ValueError, match=r"serial layer 0 \(Dense\(4\)\): Dense\(4\): input_shape must be .*got \(8, 8, 1\)"):
-        model.init(jax.random.key(0), (8, 8, 1))
+    with pytest.raises(ValueError, match=r"serial layer 0 \(Dense\(4\)\): Dense\(4\): input_shape must end in the features .*got \(\)"):
+        model.init(jax.random.key(0), ())
+
+
+def test_dense_maps_the_last_axis_of_an_example():
+    """A sequence (T, n_in) or an image (H, W, C): each position alike, as dense(h) does."""
+    out, params = nn.Dense(5).init(jax.random.key(0), (7, 3))
+    x = jnp.ones((2, 7, 3), jnp.float32)
+    assert out == (7, 5) and nn.Dense(5).apply(params, x).shape == (2, 7, 5)
 
 
 def test_apply_error_names_layer_position_and_shapes():

@@ -17,11 +17,11 @@ read it. A user's own ``Layer(init, apply)`` works everywhere except in the
 written-out backprop and the twin, which refuse it by name.
 
 Rooms: ``_layer`` (the types), ``factory`` (a layer from a rule, and the dtype
-policy), ``dense``, ``conv``, ``norm``, ``embedding`` (the leaves), ``compose`` (the
+policy), ``dense``, ``conv``, ``norm``, ``embedding``, ``dropout`` (the leaves), ``compose`` (the
 combinators and the twin), ``models`` (mlp, cnn, resmlp, resnet), ``init``.
 """
 
-from funcprop.nn._layer import Layer, LayerRules, Node, layer_name
+from funcprop.nn._layer import Layer, LayerRules, Node, as_layer, layer_name
 from funcprop.nn.compose import (
     FanInConcat,
     FanInSum,
@@ -47,7 +47,8 @@ from funcprop.nn.dense import (
     Tanh,
     elementwise,
 )
-from funcprop.nn.embedding import Dropout, Embedding, EmbeddingParams
+from funcprop.nn.dropout import Dropout
+from funcprop.nn.embedding import Embedding, EmbeddingParams
 from funcprop.nn.factory import from_rule
 from funcprop.nn.init import (
     INITIALIZERS,
@@ -90,6 +91,7 @@ __all__ = [
     "Sigmoid",
     "Softplus",
     "Tanh",
+    "as_layer",
     "cnn",
     "elementwise",
     "from_rule",

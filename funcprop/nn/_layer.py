@@ -77,6 +77,17 @@ class Layer(_Functions):
     def __setattr__(self, name, value):
         raise AttributeError(f"Layer is immutable; build a new one instead of setting {name!r}")
 
+    # equal and hashed with its structure: a hand-built Layer(init, apply) of the same
+    # functions is another layer (it would collide in jit's cache of static arguments)
+    def __eq__(self, other):
+        return isinstance(other, Layer) and tuple.__eq__(self, other) and self.node == other.node
+
+    def __ne__(self, other):
+        return not self == other
+
+    def __hash__(self):
+        return hash((tuple(self), self.node))
+
     @property
     def name(self) -> str:
         """``Dense(7)``, ``serial[3]``; a hand-built layer's apply's ``__name__``."""
@@ -91,6 +102,11 @@ class Layer(_Functions):
 
     def __repr__(self) -> str:
         return f"Layer({self.name})"
+
+
+# A layer holds functions, not arrays: jax.tree.map passes it through whole, node and all,
+# instead of taking it apart as the namedtuple it also is.
+jax.tree_util.register_static(Layer)
 
 
 def layer_name(layer: Layer) -> str:

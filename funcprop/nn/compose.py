@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from funcprop.nn._layer import Layer, Node, Params, as_layer, layer_name, leaf
-from funcprop.nn.dense import positive_int
+from funcprop.rules._core import positive_int
 
 
 def split_key(key, n: int) -> list:
@@ -54,7 +54,15 @@ def check_params(name: str, params, n: int) -> None:
     """ValueError unless params is a tuple or list of n entries (a combinator's)."""
     if not isinstance(params, (tuple, list)) or len(params) != n:
         got = f"{len(params)} entries" if isinstance(params, (tuple, list)) else type(params).__name__
-        raise ValueError(f"{name}: params must be a tuple of {n} layer params, got {got}")
+        raise ValueError(f"{name}: params must be a tuple of {n} layer params, got {got}; pass the params "
+                         f"that this model's init returned")
+
+
+def add_cotangents(cotangents):
+    """Σ of the cotangents of a value used several times (a fan-out, a residual's input);
+    None (an integer value's, e.g. ids) counts as zero, and None if all are."""
+    present = [c for c in cotangents if c is not None]
+    return functools.reduce(jnp.add, present) if present else None
 
 
 def check_tuple_input(name: str, x, n: int | None) -> None:
@@ -241,7 +249,7 @@ def FanOut(num: int) -> Layer:
         return (x,) * num
 
     def bwd(params, res, y_bars):
-        return (), functools.reduce(jnp.add, y_bars)
+        return (), add_cotangents(y_bars)
 
     return leaf(f"FanOut({num})", init, apply, lambda p, x, k: (apply(p, x), None), bwd, lambda p, x, k: apply(p, x))
 
@@ -251,6 +259,9 @@ def FanInSum() -> Layer:
     promoted). Backward: ``x̄_i = ȳ`` for every i."""
 
     def init(key, input_shape):
+        if not (isinstance(input_shape, (tuple, list)) and input_shape and all(isinstance(s, (tuple, list)) for s in input_shape)):
+            raise ValueError(f"FanInSum: input_shape must be a tuple of shapes (put FanOut and parallel before it), "
+                             f"got {input_shape}")
         shapes = {tuple(s) for s in input_shape}
         if len(shapes) != 1:
             raise ValueError(f"FanInSum: the inputs must share one shape, got {list(input_shape)}")
@@ -279,6 +290,9 @@ def FanInConcat(axis: int = -1) -> Layer:
     batched = axis if axis < 0 else axis + 1  # the same axis of a batch
 
     def init(key, input_shape):
+        if not (isinstance(input_shape, (tuple, list)) and input_shape and all(isinstance(s, (tuple, list)) for s in input_shape)):
+            raise ValueError(f"{name}: input_shape must be a tuple of shapes (put FanOut and parallel before it), "
+                             f"got {input_shape}")
         ranks = {len(s) for s in input_shape}
         rank = ranks.pop() if len(ranks) == 1 else 0
         if not -rank <= axis < rank:

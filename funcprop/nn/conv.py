@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 
 from funcprop.nn._layer import Layer, leaf
-from funcprop.nn.dense import positive_int
 from funcprop.nn.factory import from_rule, layer_dtypes
 from funcprop.nn.init import _initializer
+from funcprop.rules._core import positive_int
 from funcprop.rules._spatial import pair, padding_spec
 from funcprop.rules.conv import conv2d
 from funcprop.rules.pool import avg_pool2d, max_pool2d

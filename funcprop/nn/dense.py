@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from funcprop.nn._layer import Layer
 from funcprop.nn.factory import from_rule, layer_dtypes
 from funcprop.nn.init import _initializer
+from funcprop.rules._core import positive_int
 from funcprop.rules import activations
 from funcprop.rules.linear import dense
 
@@ -21,15 +22,12 @@ class DenseParams(NamedTuple):
     beta: jax.Array  # (n_out,)
 
 
-def positive_int(fn: str, name: str, value) -> int:
-    """``value`` if it is a positive Python int, else a ValueError naming ``fn``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}")
-    return value
-
-
 def Dense(n_out: int, *, w_init="lecun_normal", b_init="zeros", dtype=None, param_dtype=jnp.float32) -> Layer:
     """Fully connected layer ``f = h Ωᵀ + β`` with Ω: ``(n_out, n_in)``, β: ``(n_out,)``.
+
+    Applied to the last axis: an example ``(n_in,)`` gives ``(n_out,)``, a sequence
+    ``(T, n_in)`` gives ``(T, n_out)`` (each position alike). Put ``Flatten()`` first to
+    treat an image as one vector.
 
     Args:
       n_out: the number of output features.
@@ -45,13 +43,13 @@ def Dense(n_out: int, *, w_init="lecun_normal", b_init="zeros", dtype=None, para
     dtype, param_dtype = layer_dtypes(name, dtype, param_dtype)
 
     def make_params(key, input_shape, param_dtype):
-        if len(input_shape) != 1:
+        if len(input_shape) < 1:
             raise ValueError(
-                f"{name}: input_shape must be one example's features (n_in,), got "
-                f"{input_shape}; put Flatten() before a Dense layer on images"
+                f"{name}: input_shape must end in the features (..., n_in), got {input_shape}; "
+                f"give one example's shape, e.g. (64,)"
             )
         k_w, k_b = jax.random.split(key)
-        n_in = input_shape[0]
+        n_in = input_shape[-1]
         return DenseParams(w_init(k_w, (n_out, n_in), param_dtype), b_init(k_b, (n_out,), param_dtype))
 
     return from_rule(name, dense.vjp_rule, make_params, dtype=dtype, param_dtype=param_dtype)

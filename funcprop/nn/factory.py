@@ -49,8 +49,9 @@ def layer_dtypes(fn: str, dtype, param_dtype):
     return _float_dtype(fn, "dtype", dtype), _float_dtype(fn, "param_dtype", param_dtype)
 
 
-def _entry(name: str, params: tuple, x, dtype, input_rank):
-    """The dtype policy at a layer's entry: ``(x, params)`` in the computation dtype."""
+def _entry(name: str, params: tuple, x, dtype, input_rank, float_input: bool):
+    """The dtype policy at a layer's entry: ``(x, params)`` in the computation dtype.
+    An integer input (an embedding's ids) is left to the rule's own check."""
     x = jnp.asarray(x)
     if input_rank is not None and x.ndim != input_rank:
         raise ValueError(
@@ -59,7 +60,7 @@ def _entry(name: str, params: tuple, x, dtype, input_rank):
         )
     floats = [p for p in params if _is_float(p)]
     if dtype is None:
-        if floats and _is_float(x) and x.dtype != floats[0].dtype:
+        if float_input and floats and _is_float(x) and x.dtype != floats[0].dtype:
             want = floats[0].dtype
             raise TypeError(
                 f"{name}: input is {x.dtype} but the parameters are {want}; cast the input "
@@ -67,7 +68,7 @@ def _entry(name: str, params: tuple, x, dtype, input_rank):
             )
         return x, params
     cast = lambda a: a.astype(dtype) if _is_float(a) else a  # noqa: E731
-    return cast(x), tuple(cast(p) for p in params)
+    return (cast(x) if float_input else x), tuple(cast(p) for p in params)
 
 
 def from_rule(
@@ -87,7 +88,8 @@ def from_rule(
       name: for messages and traces, ``"Dense(7)"``.
       rule: the rule's :class:`~funcprop.rules._core.VJPRule`.
       make_params: ``make_params(key, input_shape, param_dtype) -> params``, a
-        NamedTuple in the rule's argument order; None for a layer without parameters.
+        NamedTuple in the rule's argument order (its leaves are the rule's arrays after
+        x, in order); None for a layer without parameters.
       static: the rule's static arguments after the arrays, as its ``prepare`` takes
         them (a padding spec, a slope).
       dtype: the computation dtype, or None for the parameters'.
@@ -101,8 +103,10 @@ def from_rule(
       and finds the output shape by tracing the twin abstractly (nothing runs).
     """
 
+    float_input = input_dtype is None or jnp.issubdtype(input_dtype, jnp.floating)
+
     def args(params, x):
-        x, leaves = _entry(name, tuple(params), x, dtype, input_rank)
+        x, leaves = _entry(name, tuple(jax.tree.leaves(params)), x, dtype, input_rank, float_input)
         return rule.prepare(x, *leaves, *static)
 
     def init(key, input_shape):
@@ -125,9 +129,10 @@ def from_rule(
     def bwd(params, res, y_bar):
         static_args, res, x_dtype = res
         x_bar, *p_bars = rule.bwd(*static_args, res, y_bar)
-        p_bars = [b.astype(p.dtype) for b, p in zip(p_bars, params)]  # the entry cast's cotangent
+        leaves, structure = jax.tree.flatten(params)
+        p_bars = [b.astype(p.dtype) for b, p in zip(p_bars, leaves)]  # the entry cast's cotangent
         x_bar = None if x_bar is None else x_bar.astype(x_dtype)
-        return (type(params)(*p_bars) if make_params is not None else ()), x_bar
+        return jax.tree.unflatten(structure, p_bars), x_bar
 
     def twin(params, x, key):
         del key

@@ -9,9 +9,10 @@ import jax.numpy as jnp
 from funcprop.nn._layer import Layer
 from funcprop.nn.compose import FanInSum, FanOut, parallel, residual, serial
 from funcprop.nn.conv import Conv2D, Flatten, MaxPool2D
-from funcprop.nn.dense import _DEFAULT_W_INIT, ACTIVATIONS, Dense, Relu, positive_int
-from funcprop.nn.embedding import Dropout
+from funcprop.nn.dense import _DEFAULT_W_INIT, ACTIVATIONS, Dense, Relu
+from funcprop.nn.dropout import Dropout
 from funcprop.nn.norm import LayerNorm
+from funcprop.rules._core import positive_int
 
 
 def _check_activation(fn: str, activation: str) -> None:

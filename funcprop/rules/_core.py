@@ -90,6 +90,13 @@ def float_input(fn: str, name: str = "f"):
     return prepare
 
 
+def positive_int(fn: str, name: str, value) -> int:
+    """``value`` if it is a positive Python int, else a ValueError naming ``fn``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}; pass e.g. {name}=8")
+    return value
+
+
 def positive_float(fn: str, name: str, value) -> float:
     """A static, finite Python float > 0 (an epsilon), or a clear error."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -103,9 +103,12 @@ def _max_pool2d_bwd(window, stride, pads, res, g):
     return (x_bar,)
 
 
+def _max_pool2d_args(x, window, stride=None, padding="VALID"):
+    return pool_args("max_pool2d", x, window, stride, padding)
+
+
 _MAX_POOL2D = custom_rule(max_pool2d_twin, _max_pool2d_fwd, _max_pool2d_bwd, nondiff_argnums=(1, 2, 3),
-                          prepare=lambda x, window, stride=None, padding="VALID": pool_args(
-                              "max_pool2d", x, window, stride, padding))
+                          prepare=_max_pool2d_args)
 
 
 # --- avg_pool2d ----------------------------------------------------------------------

@@ -167,6 +167,7 @@ RULES: tuple[RuleCase, ...] = (
     RuleCase("layer_norm/one-example", layer_norm, _normal((7,), (7,), (7,))),
     RuleCase("rms_norm", rms_norm, _normal((4, 6), (6,))),
     RuleCase("rms_norm/leading-axes,eps=0.1", rms_norm, _normal((2, 3, 5), (5,)), {"eps": 0.1}),
+    RuleCase("rms_norm/one-example", rms_norm, _normal((5,), (5,))),
     # repeated ids (2 three times, 3 twice) add up; ids outside [0, 5) (−1, 5, 7) give
     # zero rows and no gradient
     RuleCase("embedding", embedding, _ids_and_table([[2, 0, 4], [2, 1, 2]], 5, 3)),

@@ -1,0 +1,52 @@
+"""The Layer type: a stax pair that carries its structure as data."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from funcprop import nn, train
+
+
+def test_a_layer_unpacks_as_a_stax_pair_and_keeps_its_node():
+    layer = nn.Dense(3)
+    init, apply = layer
+    assert (init, apply) == tuple(layer) and len(layer) == 2
+    assert layer.node.kind == "rule" and layer.name == "Dense(3)" and repr(layer) == "Layer(Dense(3))"
+    assert nn.serial(layer, nn.Relu()).children[0] is layer
+
+
+def test_a_hand_built_layer_of_the_same_functions_is_another_layer():
+    layer = nn.Dense(3)
+    bare = nn.Layer(layer.init, layer.apply)
+    assert bare.node is None and bare != layer and layer == nn.Layer(layer.init, layer.apply, layer.node)
+    assert len({layer, bare}) == 2
+
+
+def test_tree_map_passes_a_layer_through_whole():
+    model = nn.serial(nn.Dense(3), nn.Relu())
+    out = jax.tree.map(lambda a: a, {"model": model, "x": jnp.ones(2)})
+    assert out["model"] is model and out["model"].node is model.node
+
+
+def test_a_layer_is_immutable():
+    with pytest.raises(AttributeError, match="Layer is immutable"):
+        nn.Dense(3).node = None
+
+
+def test_the_epoch_keys_share_nothing_with_the_shuffle():
+    """Dropout's step keys, the shuffle's key (and the subkeys it splits) and the next
+    epoch's key are all distinct; the shuffle's key is the one of a two-way split."""
+    key = jax.random.key(0)
+    nxt, shuffle_key, steps = train.epoch_keys(key, 4)
+    assert jax.random.key_data(shuffle_key).tolist() == jax.random.key_data(jax.random.split(key)[1]).tolist()
+    used = [nxt, shuffle_key, *jax.random.split(shuffle_key), *steps]
+    data = {tuple(jax.random.key_data(k).tolist()) for k in used}
+    assert len(data) == len(used)
+
+
+def test_float_ids_reach_the_embedding_rule_s_own_check():
+    """Not the dtype policy's float-input message: ids are no float input."""
+    layer = nn.Embedding(5, 2)
+    _, params = layer.init(jax.random.key(0), (3,))
+    with pytest.raises(TypeError, match=r"embedding: ids must be"):
+        layer.apply(params, jnp.zeros((2, 3), jnp.float64))
