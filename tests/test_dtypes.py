@@ -206,9 +206,6 @@ def test_dtype_bfloat16_computes_in_bfloat16_and_returns_float32_gradients(name,
     assert_trees_close(grads, results["twins"][1], 4 * EPS_BF16, "backprop vs twins")
 
 
-@pytest.mark.xfail(strict=True, reason="DESIGN §7: every loss accumulates in float32 and returns a float32 "
-                                       "scalar; rules/losses.py does not yet (mse and softmax_cross_entropy of "
-                                       "bfloat16 logits return bfloat16), which the bfloat16 issue is to fix")
 @pytest.mark.parametrize("loss_name", sorted(LOSSES))
 def test_a_loss_of_bfloat16_outputs_is_a_float32_scalar(loss_name):
     model, shape = models(BF16)["mlp"]

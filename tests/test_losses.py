@@ -59,3 +59,25 @@ def test_masked_minus_inf_logit_gives_a_finite_loss():
     loss, grad = jax.value_and_grad(fp.softmax_cross_entropy)(logits, jnp.array([1]))
     np.testing.assert_allclose(loss, jnp.log1p(jnp.exp(-1.0)), rtol=1e-12)
     assert np.all(np.isfinite(grad)) and grad[0, 2] == 0
+
+
+@pytest.mark.parametrize("name", ["softmax_cross_entropy", "mse", "sigmoid_binary_cross_entropy"])
+@pytest.mark.parametrize("low", [jnp.bfloat16, jnp.float16], ids=["bf16", "f16"])
+def test_a_half_precision_loss_accumulates_in_float32(name, low):
+    """40,000 examples: the float16 sum of the old rule overflowed to inf. The value is a
+    float32 scalar equal to the float32 loss of the same inputs; cotangents keep the inputs'
+    dtype and equal the float32 ones rounded to that dtype, to within one step of it."""
+    rng = np.random.default_rng(0)
+    z = jnp.asarray(3 * rng.standard_normal((40000, 10)), low)
+    y = (jnp.asarray(rng.integers(0, 10, 40000)) if name == "softmax_cross_entropy"
+         else jnp.asarray(rng.uniform(size=(40000, 10)), low))
+    rule = getattr(fp, name)
+    value, (z_bar, *rest) = jax.value_and_grad(rule, argnums=(0,) if name == "softmax_cross_entropy" else (0, 1))(z, y)
+    wide = (z.astype(jnp.float32), y if name == "softmax_cross_entropy" else y.astype(jnp.float32))
+    ref_value, ref_bar = jax.value_and_grad(rule)(*wide)
+    assert value.dtype == jnp.float32 and np.isfinite(value)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-6)
+    assert z_bar.dtype == low and all(r.dtype == low for r in rest)
+    rounded = ref_bar.astype(low)
+    near = (z_bar == rounded) | (z_bar == jnp.nextafter(rounded, jnp.inf)) | (z_bar == jnp.nextafter(rounded, -jnp.inf))
+    assert bool(jnp.all(near)), f"{name}: {int(jnp.sum(~near))} cotangents off by more than one step"

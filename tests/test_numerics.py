@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import funcprop as fp
+from funcprop.rules.table import RULES, rule_names
 
 DTYPES = pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64], ids=["f32", "f64"])
 EXTREME = [-1e4, -50.0, -1.0, 0.0, 1.0, 50.0, 1e4]
@@ -76,3 +77,14 @@ def test_leaky_relu_kink_derivative_is_the_slope(dtype, slope):
     f = jnp.asarray([-1.0, 0.0, 1.0], dtype)
     grad = jax.grad(lambda f: jnp.sum(fp.leaky_relu(f, slope)))(f)
     np.testing.assert_allclose(grad, np.array([slope, slope, 1.0], dtype), rtol=0)
+
+
+@pytest.mark.parametrize("case", RULES, ids=rule_names())
+def test_nan_in_is_nan_out(case):
+    """A NaN input gives a NaN output, in the rule and in its twin: never a finite value
+    that training would go on with (relu once returned 0 for NaN)."""
+    args = list(case.args(jax.random.key(0), jnp.float32))
+    first = next(i for i, a in enumerate(args) if jnp.issubdtype(a.dtype, jnp.floating))
+    args[first] = jnp.full_like(args[first], jnp.nan)
+    for fn in (case.rule, case.twin):
+        assert bool(jnp.any(jnp.isnan(fn(*args, **case.kwargs)))), f"{case.name}: NaN in, no NaN out"

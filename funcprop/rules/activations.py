@@ -84,8 +84,9 @@ def tanh(f) -> jax.Array:
 
 
 def relu_twin(f):
-    """Plain twin of :func:`relu`: ``where(f > 0, f, 0)``."""
-    return jnp.where(f > 0, f, 0)
+    """Plain twin of :func:`relu`: ``where(f > 0, f, 0)``, and NaN stays NaN (as in
+    ``jax.nn.relu``: a NaN must not turn into a finite 0 and train on silently)."""
+    return jnp.where((f > 0) | jnp.isnan(f), f, 0)
 
 
 def _relu_fwd(f):
@@ -94,8 +95,8 @@ def _relu_fwd(f):
 
 
 def _relu_bwd(out, g):
-    """relu'(f) = [f > 0] = [relu(f) > 0]; relu'(0) = 0."""
-    return (jnp.where(out > 0, g, 0),)
+    """relu'(f) = [f > 0] = [relu(f) > 0]; relu'(0) = 0; NaN passes ḡ on, as the twin."""
+    return (jnp.where((out > 0) | jnp.isnan(out), g, 0),)
 
 
 _RELU = custom_rule(relu_twin, _relu_fwd, _relu_bwd, prepare=float_input("relu"))

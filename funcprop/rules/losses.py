@@ -15,6 +15,11 @@ Class ids out of range: under ``jit`` a label cannot be checked, so an id outsid
 0 to the summed loss (the mean still divides by B) and its logits get zero gradient.
 Nothing raises and nothing is NaN. Call :func:`check_labels` outside ``jit``, once on
 the dataset, to catch such ids.
+
+Dtypes (DESIGN §7): every loss accumulates in float32 at least and returns its scalar
+in that dtype (float32 for bfloat16 or float16 inputs, float64 for float64); each
+cotangent comes back in its own input's dtype. Summed in float16, the cross-entropy of
+40,000 examples overflowed to inf before the division by B.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from funcprop.rules._core import (
+    accumulation_dtype,
     as_float_array,
     custom_rule,
     implements,
@@ -56,27 +62,37 @@ def _cross_entropy_sum(y, log_p):
 # --- softmax_cross_entropy -------------------------------------------------------
 
 
+def _upcast(*arrays):
+    """The arrays in their accumulation dtype: float32 at least (DESIGN §7), so a loss
+    over many bfloat16 or float16 elements neither overflows nor rounds its sum away."""
+    acc = accumulation_dtype(arrays[0].dtype)
+    return [a.astype(acc) if jnp.issubdtype(a.dtype, jnp.floating) else a for a in arrays]
+
+
 def softmax_cross_entropy_twin(logits, labels):
-    """Plain twin: ``−Σ y log_softmax(z) / B``, B the number of examples."""
+    """Plain twin: ``−Σ y log_softmax(z) / B``, B the number of examples, in float32 at
+    least; the scalar is returned in that dtype."""
+    logits, labels = _upcast(logits, labels)
     n_examples = numel(logits.shape[:-1])
     return _cross_entropy_sum(_targets(labels, logits), log_softmax_twin(logits)) / n_examples
 
 
 def _softmax_cross_entropy_fwd(logits, labels):
-    log_p = log_softmax_twin(logits)
+    wide, wide_labels = _upcast(logits, labels)
+    log_p = log_softmax_twin(wide)
     n_examples = numel(logits.shape[:-1])
-    loss = _cross_entropy_sum(_targets(labels, logits), log_p) / n_examples
-    return loss, (log_p, labels)
+    loss = _cross_entropy_sum(_targets(wide_labels, wide), log_p) / n_examples
+    return loss, (log_p, labels, jnp.zeros((0,), logits.dtype))  # the last: logits' dtype, in 0 bytes
 
 
 def _softmax_cross_entropy_bwd(res, g):
     """z̄ = ḡ (p Σy − y) / B, i.e. ḡ (p − y) / B;  ȳ = −ḡ log p / B for probabilities."""
-    log_p, labels = res
-    scale = g / numel(log_p.shape[:-1])
-    y = _targets(labels, log_p)
+    log_p, labels, like = res
+    scale = g.astype(log_p.dtype) / numel(log_p.shape[:-1])
+    y = _targets(labels if _is_int(labels) else labels.astype(log_p.dtype), log_p)
     logits_bar = scale * (jnp.exp(log_p) * jnp.sum(y, axis=-1, keepdims=True) - y)
-    labels_bar = None if _is_int(labels) else -scale * log_p
-    return logits_bar, labels_bar
+    labels_bar = None if _is_int(labels) else (-scale * log_p).astype(labels.dtype)
+    return logits_bar.astype(like.dtype), labels_bar
 
 
 def _softmax_cross_entropy_args(logits, labels):
@@ -185,18 +201,21 @@ def _same_shape_args(fn: str, a_name: str, b_name: str):
 
 
 def mse_twin(pred, target):
-    """Plain twin of :func:`mse`: ``mean((pred − target)²)``."""
+    """Plain twin of :func:`mse`: ``mean((pred − target)²)``, in float32 at least."""
+    pred, target = _upcast(pred, target)
     return jnp.mean((pred - target) ** 2)
 
 
 def _mse_fwd(pred, target):
-    diff = pred - target
-    return jnp.mean(diff**2), diff
+    wide, wide_target = _upcast(pred, target)
+    diff = wide - wide_target
+    return jnp.mean(diff**2), (diff, jnp.zeros((0,), pred.dtype))
 
 
-def _mse_bwd(diff, g):
+def _mse_bwd(res, g):
     """p̄ = 2 ḡ (pred − target) / N,  t̄ = −p̄."""
-    pred_bar = (2 * g / diff.size) * diff
+    diff, like = res
+    pred_bar = ((2 * g.astype(diff.dtype) / diff.size) * diff).astype(like.dtype)
     return pred_bar, -pred_bar
 
 
@@ -218,7 +237,9 @@ def mse(pred, target) -> jax.Array:
 
 
 def sigmoid_binary_cross_entropy_twin(logits, targets):
-    """Plain twin: ``mean(softplus(z) − y z)``, which is −y log σ(z) − (1−y) log(1−σ(z))."""
+    """Plain twin: ``mean(softplus(z) − y z)``, which is −y log σ(z) − (1−y) log(1−σ(z)),
+    in float32 at least."""
+    logits, targets = _upcast(logits, targets)
     return jnp.mean(jnp.logaddexp(logits, 0) - targets * logits)
 
 
@@ -229,8 +250,9 @@ def _sigmoid_binary_cross_entropy_fwd(logits, targets):
 def _sigmoid_binary_cross_entropy_bwd(res, g):
     """z̄ = ḡ (σ(z) − y) / N,  ȳ = −ḡ z / N."""
     logits, targets = res
-    scale = g / logits.size
-    return scale * (jax.lax.logistic(logits) - targets), -scale * logits
+    wide, wide_targets = _upcast(logits, targets)
+    scale = g.astype(wide.dtype) / logits.size
+    return (scale * (jax.lax.logistic(wide) - wide_targets)).astype(logits.dtype), (-scale * wide).astype(targets.dtype)
 
 
 _SIGMOID_BCE = custom_rule(
