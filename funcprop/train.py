@@ -259,7 +259,10 @@ def train(
     state = jax.tree.map(jnp.copy, TrainState(params, optimizer.init(params), key, jnp.zeros((), jnp.int32)))
     history: list = []
     config = {} if config is None else dict(config)
-    if resume and checkpoint_path is not None and pathlib.Path(checkpoint_path).exists():
+    if resume and checkpoint_path is None:
+        raise ValueError("train: resume=True needs checkpoint_path, the checkpoint to continue from; pass it, "
+                         "or leave resume=False to start fresh")
+    if resume and pathlib.Path(checkpoint_path).exists():
         state, meta = checkpoint.load(checkpoint_path, like=state)
         history = list(meta.get("history", []))
         saved = meta.get("config", {})

@@ -50,3 +50,16 @@ def test_float_ids_reach_the_embedding_rule_s_own_check():
     _, params = layer.init(jax.random.key(0), (3,))
     with pytest.raises(TypeError, match=r"embedding: ids must be"):
         layer.apply(params, jnp.zeros((2, 3), jnp.float64))
+
+
+def test_flatten_needs_a_batch_axis():
+    with pytest.raises(ValueError, match=r"Flatten: input must be a batch \(B, \.\.\.\), got shape \(5,\)"):
+        nn.Flatten().apply((), jnp.ones(5))
+
+
+@pytest.mark.parametrize("num_classes", [2.5, 0, True])
+def test_check_labels_wants_a_positive_int_count(num_classes):
+    import funcprop as fp
+
+    with pytest.raises(TypeError, match=r"check_labels: num_classes must be a positive int"):
+        fp.check_labels([0, 1, 2], num_classes)

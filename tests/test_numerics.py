@@ -88,3 +88,15 @@ def test_nan_in_is_nan_out(case):
     args[first] = jnp.full_like(args[first], jnp.nan)
     for fn in (case.rule, case.twin):
         assert bool(jnp.any(jnp.isnan(fn(*args, **case.kwargs)))), f"{case.name}: NaN in, no NaN out"
+
+
+@pytest.mark.parametrize("dtype, big", [(jnp.float32, 1e20), (jnp.float64, 1e200), (jnp.float16, 6e4)],
+                         ids=["f32", "f64", "f16"])
+def test_gelu_gradient_is_finite_where_f_cubed_overflows(dtype, big):
+    """gelu'(f) → 1 as f → ∞ and → 0 as f → −∞; 0·∞ once made it NaN. Grad of grad too."""
+    f = jnp.asarray([big, -big, 3.0], dtype)
+    grad = jax.vmap(jax.grad(fp.gelu))(f)
+    want = jax.vmap(jax.grad(fp.gelu.vjp_rule.twin))(jnp.asarray([0.0, 0.0, 3.0], jnp.float64))
+    np.testing.assert_array_equal(np.asarray(grad[:2], np.float64), [1.0, 0.0])
+    np.testing.assert_allclose(np.asarray(grad[2], np.float64), want[2], rtol=5e-3)
+    assert np.all(np.isfinite(np.asarray(jax.vmap(jax.grad(jax.grad(fp.gelu)))(f), np.float64)))

@@ -191,3 +191,10 @@ def test_dropout_gets_a_fresh_key_every_step(toy_data):
     values = {float(grad_fn(params, x, y, key=jax.random.key(k))[0]) for k in range(4)}
     assert len(values) == 4
     assert grad_fn(params, x, y)[0] == grad_fn(params, x, y, key=None)[0]  # no key: no dropout
+
+
+def test_resume_without_a_checkpoint_path_is_refused(toy_data):
+    model, params = _setup(toy_data)
+    with pytest.raises(ValueError, match=r"train: resume=True needs checkpoint_path"):
+        train.train(model, params, optax.adam(1e-2), toy_data, epochs=1, key=jax.random.key(0), resume=True,
+                    progress=False)

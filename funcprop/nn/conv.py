@@ -92,6 +92,9 @@ def Flatten() -> Layer:
 
     def apply(params, x, *, key=None):
         del params, key
+        if jnp.ndim(x) < 2:
+            raise ValueError(f"Flatten: input must be a batch (B, ...), got shape {jnp.shape(x)}; "
+                             f"add a batch axis with x[None]")
         return x.reshape(x.shape[0], -1)
 
     def fwd(params, x, key):

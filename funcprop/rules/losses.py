@@ -168,6 +168,8 @@ def check_labels(labels, num_classes: int) -> np.ndarray:
       TypeError: if labels are not integers.
       ValueError: if any id is outside ``[0, num_classes)``, naming the first one.
     """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise TypeError(f"check_labels: num_classes must be a positive int, got {num_classes!r}; pass e.g. 10")
     arr = np.asarray(labels)
     if not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(
