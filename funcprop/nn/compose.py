@@ -73,6 +73,14 @@ def check_tuple_input(name: str, x, n: int | None) -> None:
         raise ValueError(f"{name}: input must be {want} (put FanOut before it), got {got}")
 
 
+def check_shapes_tuple(name: str, input_shape) -> None:
+    """ValueError unless a fan-in's input_shape is a non-empty tuple of shapes."""
+    if not (isinstance(input_shape, (tuple, list)) and input_shape
+            and all(isinstance(s, (tuple, list)) for s in input_shape)):
+        raise ValueError(f"{name}: input_shape must be a tuple of shapes (put FanOut and parallel before it), "
+                         f"got {input_shape}")
+
+
 def same_arrays(name: str, what: str, arrays) -> None:
     """ValueError unless the arrays share one shape, TypeError unless one dtype: where
     values are added (a residual, FanInSum), jnp would broadcast or promote silently,
@@ -259,9 +267,7 @@ def FanInSum() -> Layer:
     promoted). Backward: ``x̄_i = ȳ`` for every i."""
 
     def init(key, input_shape):
-        if not (isinstance(input_shape, (tuple, list)) and input_shape and all(isinstance(s, (tuple, list)) for s in input_shape)):
-            raise ValueError(f"FanInSum: input_shape must be a tuple of shapes (put FanOut and parallel before it), "
-                             f"got {input_shape}")
+        check_shapes_tuple("FanInSum", input_shape)
         shapes = {tuple(s) for s in input_shape}
         if len(shapes) != 1:
             raise ValueError(f"FanInSum: the inputs must share one shape, got {list(input_shape)}")
@@ -290,9 +296,7 @@ def FanInConcat(axis: int = -1) -> Layer:
     batched = axis if axis < 0 else axis + 1  # the same axis of a batch
 
     def init(key, input_shape):
-        if not (isinstance(input_shape, (tuple, list)) and input_shape and all(isinstance(s, (tuple, list)) for s in input_shape)):
-            raise ValueError(f"{name}: input_shape must be a tuple of shapes (put FanOut and parallel before it), "
-                             f"got {input_shape}")
+        check_shapes_tuple(name, input_shape)
         ranks = {len(s) for s in input_shape}
         rank = ranks.pop() if len(ranks) == 1 else 0
         if not -rank <= axis < rank:
