@@ -15,6 +15,8 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 Params = Any  # a pytree of arrays
 Shape = tuple[int, ...]
@@ -57,6 +59,41 @@ class _Functions(NamedTuple):
     apply: Callable[..., jax.Array]
 
 
+def _check_shape(fn: str, shape) -> tuple:
+    """``shape`` as a tuple of ints >= 0, or a tuple of such shapes (a fan-in's input)."""
+    if isinstance(shape, (tuple, list)) and shape and all(isinstance(s, (tuple, list)) for s in shape):
+        return tuple(_check_shape(fn, s) for s in shape)
+    ok = isinstance(shape, (tuple, list)) and all(
+        isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in shape)
+    if not ok:
+        example = f"({shape},)" if isinstance(shape, int) and not isinstance(shape, bool) else "(784,) or (28, 28, 1)"
+        raise TypeError(f"{fn}: input_shape must be one example's shape, a tuple of ints >= 0, got {shape!r}; "
+                        f"pass e.g. {example}")
+    return tuple(int(d) for d in shape)
+
+
+def check_key(fn: str, key):
+    """``key`` if it is one PRNG key, typed (``jax.random.key``) or raw (``PRNGKey``)."""
+    typed = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ()
+    raw = isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)
+    if not (typed or raw):
+        got = (f"an array of dtype {key.dtype} and shape {key.shape}" if isinstance(key, jax.Array)
+               else f"{type(key).__name__} {key!r}")
+        raise TypeError(f"{fn}: key must be one PRNG key, got {got}; pass jax.random.key(seed)")
+    return key
+
+
+class _CheckedInit(NamedTuple):
+    """A funcprop layer's ``init``, checking its key and input shape first."""
+
+    name: str
+    init: Callable
+
+    def __call__(self, key, input_shape):
+        fn = f"{self.name}.init"
+        return self.init(check_key(fn, key), _check_shape(fn, input_shape))
+
+
 class Layer(_Functions):
     """A layer: ``init(key, input_shape) -> (output_shape, params)`` and
     ``apply(params, x, *, key=None) -> y``, with its structure as ``layer.node``.
@@ -69,6 +106,8 @@ class Layer(_Functions):
     node: Node | None = None  # a class default: a layer built by hand has none
 
     def __new__(cls, init, apply, node: Node | None = None):
+        if node is not None and not isinstance(init, _CheckedInit):
+            init = _CheckedInit(node.name, init)
         self = super().__new__(cls, init, apply)
         if node is not None:
             object.__setattr__(self, "node", node)

@@ -105,9 +105,36 @@ def from_rule(
 
     float_input = input_dtype is None or jnp.issubdtype(input_dtype, jnp.floating)
 
+    expected_shapes: dict = {}  # input shape -> the shapes of the params init makes for it
+
+    def check_params(params, x, count_only: bool) -> None:
+        """ValueError unless params has the leaves (count_only) or the leaves' shapes that
+        init makes for inputs like x. The shapes are checked after the rule's prepare,
+        which names a wrong input size itself; init's output width only here (n_out)."""
+        shape = tuple(jnp.shape(x))
+        shape = shape[1:] if len(shape) > 1 or input_rank else shape  # a batch, or one example
+        if shape not in expected_shapes:
+            try:
+                made = jax.eval_shape(lambda: make_params(jax.random.key(0), shape, param_dtype))
+            except (ValueError, TypeError):  # x itself is wrong: the rule's prepare says how
+                return
+            expected_shapes[shape] = [(jax.tree_util.keystr(p), s.shape)
+                                      for p, s in jax.tree_util.tree_leaves_with_path(made)]
+        want = expected_shapes[shape]
+        got = [tuple(jnp.shape(leaf)) for leaf in jax.tree.leaves(params)]
+        if len(got) != len(want) or (not count_only and any(g != w for g, (_, w) in zip(got, want))):
+            listed = ", ".join(f"{p or 'params'} {w}" for p, w in want)
+            raise ValueError(f"{name}: params do not fit this layer on inputs of shape {shape}: expected "
+                             f"{listed}, got shapes {got}; pass the params that this layer's init returned")
+
     def args(params, x):
+        if make_params is not None:
+            check_params(params, x, count_only=True)
         x, leaves = _entry(name, tuple(jax.tree.leaves(params)), x, dtype, input_rank, float_input)
-        return rule.prepare(x, *leaves, *static)
+        prepared = rule.prepare(x, *leaves, *static)
+        if make_params is not None:
+            check_params(params, x, count_only=False)
+        return prepared
 
     def init(key, input_shape):
         input_shape = tuple(input_shape)
