@@ -137,8 +137,7 @@ def training(hw, batch):
     state = [jax.tree.map(jnp.copy, params), opt.init(params)]
     compiled = step.lower(*state, xb, yb).compile()
     epoch = train.make_epoch(train.loss_and_grad(model), opt, batch * SCAN, batch)
-    e_state = [train.TrainState(jax.tree.map(jnp.copy, params), opt.init(params), jax.random.key(2),
-                                jnp.zeros((), jnp.int32))]
+    e_state = [train.init_state(params, opt, jax.random.key(2))]
     epoch = epoch.lower(e_state[0], x, y).compile()
 
     def one_step():

@@ -228,8 +228,7 @@ def epoch_throughput(case: Case, *, batches: int, with_torch: bool, repeats: int
     optimizer = optax.adam(1e-3)
     grad_fn = train.loss_and_grad(model, softmax_cross_entropy, "rules")
     epoch = train.make_epoch(grad_fn, optimizer, n, case.batch)
-    state = train.TrainState(jax.tree.map(jnp.copy, params0), optimizer.init(params0), jax.random.key(3),
-                             jnp.zeros((), jnp.int32))
+    state = train.init_state(params0, optimizer, jax.random.key(3))
     state, _ = epoch(state, x, y)  # compile
 
     def run_epoch():

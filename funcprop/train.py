@@ -10,6 +10,12 @@ The gradient comes from one of three sources, which reach the same parameters:
   hand-written backward of every rule;
 - ``"twins"``: ``jax.value_and_grad`` through the plain twins, JAX's own autodiff;
 - ``"backprop"``: :func:`funcprop.backprop.value_and_grad`, the written-out recursion.
+
+:func:`train` is the convenient whole. Its parts work alone, for a loop of one's own:
+:func:`check_data` (once, before compiling), :func:`init_state`, :func:`make_epoch` and
+:func:`make_evaluate`, :func:`run_epochs` (the loop, a generator of ``(state, row)``),
+:class:`MetricsLog` (history, progress bar, time to target) and :class:`Checkpointer`
+(save each epoch, resume refusing other settings).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from funcprop import backprop, checkpoint, nn, shuffle
@@ -187,6 +194,158 @@ def make_evaluate(apply, loss: Callable = softmax_cross_entropy, *, accuracy: st
     return jax.jit(evaluate)
 
 
+def _typed_key(fn: str, key) -> None:
+    if not (isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ()):
+        raise TypeError(f"{fn}: key must be a typed PRNG key from jax.random.key(seed), got {key!r}")
+
+
+def init_state(params, optimizer: optax.GradientTransformation, key) -> TrainState:
+    """A fresh :class:`TrainState` at epoch 0, of copies: the epoch donates its state,
+    so the caller's ``params`` and ``key`` stay usable."""
+    _typed_key("init_state", key)
+    return jax.tree.map(jnp.copy, TrainState(params, optimizer.init(params), key, jnp.zeros((), jnp.int32)))
+
+
+def _first_bad(fn: str, name: str, bad: np.ndarray, values: np.ndarray, want: str, fix: str) -> None:
+    """ValueError naming how many entries of ``name`` are bad, and the first one."""
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{fn}: {name} must hold {want}; {int(bad.sum())} entries do not, the first "
+                         f"{values[first].item()!r} at index {first}; {fix}")
+
+
+def check_data(data, apply, params, loss: Callable = softmax_cross_entropy, fn: str = "train") -> None:
+    """Check a dataset once, before any compilation: raise ValueError naming what is wrong.
+
+    Inputs and targets agree in number, the training set is not empty, the inputs are
+    finite, and the targets fit the loss and the model's output (``apply(params, x)``,
+    traced abstractly): class ids in ``[0, C)`` and probabilities >= 0 for
+    ``softmax_cross_entropy``, targets in ``[0, 1]`` for ``sigmoid_binary_cross_entropy``,
+    finite targets for any other loss. A label of 7 with two classes, or -1, would
+    otherwise train without a word (the forward drops it; the loss looks fine).
+    """
+    for part in ("train", "test"):
+        x, y = np.asarray(getattr(data, f"x_{part}")), np.asarray(getattr(data, f"y_{part}"))
+        if x.shape[:1] != y.shape[:1]:
+            raise ValueError(f"{fn}: x_{part} has {x.shape[:1]} examples but y_{part} has {y.shape[:1]}; "
+                             f"give one target per example")
+        if part == "train" and x.shape[0] == 0:
+            raise ValueError(f"{fn}: the training set is empty (x_train has shape {x.shape}); pass examples")
+        if np.issubdtype(x.dtype, np.inexact):
+            _first_bad(fn, f"x_{part}", ~np.isfinite(x), x, "finite values",
+                       "drop or impute those examples (a NaN input makes every gradient NaN)")
+        if x.shape[0] == 0:
+            continue
+        out = jax.eval_shape(apply, params, jnp.asarray(x[:1]))
+        if loss is softmax_cross_entropy and np.issubdtype(y.dtype, np.integer):
+            classes = out.shape[-1]
+            _first_bad(fn, f"y_{part}", (y < 0) | (y >= classes), y, f"class ids in [0, {classes})",
+                       f"the model has {classes} outputs: give it as many as there are classes, or fix the labels")
+        elif np.issubdtype(y.dtype, np.floating):
+            low, high = {softmax_cross_entropy: (0.0, np.inf), sigmoid_binary_cross_entropy: (0.0, 1.0)}.get(
+                loss, (-np.inf, np.inf))
+            want = "finite values" + (f" in [{low:g}, {high:g}]" if loss is not None and low == 0 else "")
+            _first_bad(fn, f"y_{part}", ~np.isfinite(y) | (y < low) | (y > high), y, want, "fix those targets")
+
+
+class Checkpointer(NamedTuple):
+    """Saves a run's state after each epoch and resumes it, refusing other settings.
+
+    Attributes:
+      path: the checkpoint file (written atomically and verified, :mod:`funcprop.checkpoint`).
+      config: JSON-serialisable settings stored with it; resuming with different values
+        of the same keys raises ValueError.
+    """
+
+    path: Any
+    config: dict = {}
+
+    def restore(self, state: TrainState) -> tuple[TrainState, list]:
+        """``(state, history)`` from the checkpoint; ``(state, [])`` if there is none yet."""
+        if not pathlib.Path(self.path).exists():
+            return state, []
+        state, meta = checkpoint.load(self.path, like=state)
+        saved = meta.get("config", {})
+        changed = {k: (saved.get(k), v) for k, v in self.config.items() if k in saved and saved[k] != v}
+        if changed:
+            listed = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in changed.items())
+            raise ValueError(
+                f"train: the checkpoint {self.path} was written with other settings ({listed}); "
+                f"resume with the same settings, or start a new run elsewhere"
+            )
+        return state, list(meta.get("history", []))
+
+    def save(self, state: TrainState, history: list) -> None:
+        checkpoint.save(self.path, state, metadata={"history": history, "config": dict(self.config)})
+
+
+def run_epochs(epoch_fn, evaluate, state: TrainState, data, epochs: int):
+    """The loop: yield ``(state, row)`` after each epoch, from ``state.epoch`` up to ``epochs``.
+
+    ``epoch_fn`` is :func:`make_epoch`'s, ``evaluate`` :func:`make_evaluate`'s (a test set
+    of 0 examples is not evaluated: its loss and accuracy are None). A row holds epoch,
+    train_loss, test_loss, test_accuracy and epoch_time_s. A non-finite loss raises
+    FloatingPointError naming it, before the state is yielded (or saved).
+    """
+    x_train, y_train = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
+    for _ in range(int(state.epoch), epochs):
+        t0 = time.perf_counter()
+        state, train_loss = epoch_fn(state, x_train, y_train)
+        test_loss, test_accuracy = evaluate(state.params, x_test, y_test) if len(x_test) else (None, None)
+        row = {
+            "epoch": int(state.epoch),
+            "train_loss": float(train_loss),
+            "test_loss": None if test_loss is None else float(test_loss),
+            "test_accuracy": None if test_accuracy is None else float(test_accuracy),
+            "epoch_time_s": time.perf_counter() - t0,
+        }
+        for name in ("train_loss", "test_loss"):
+            if row[name] is not None and not math.isfinite(row[name]):
+                raise FloatingPointError(
+                    f"train: the {name.replace('_', ' ')} became {row[name]} at epoch {row['epoch']}; "
+                    f"lower the learning rate or check the data"
+                )
+        yield state, row
+
+
+class MetricsLog:
+    """The history of a run, one row per epoch, with a progress bar and time to target.
+
+    ``record(row)`` adds ``elapsed_s`` (wall time since the log began, plus ``offset``
+    for a resumed run) and, with ``target_accuracy``, ``reached_target`` and
+    ``time_to_target_s`` (the elapsed time at which the target was first reached).
+    """
+
+    def __init__(self, rows=(), *, target_accuracy: float | None = None, progress: bool = True,
+                 total: int | None = None):
+        self.rows = list(rows)
+        self.target_accuracy = target_accuracy
+        self.offset = self.rows[-1]["elapsed_s"] if self.rows else 0.0
+        self.reached = next((r["elapsed_s"] for r in self.rows if r.get("reached_target")), None)
+        self.start = time.perf_counter()
+        self.bar = _progress(len(self.rows), total, progress)
+
+    def record(self, row: dict) -> dict:
+        row = dict(row, elapsed_s=self.offset + time.perf_counter() - self.start)
+        if self.target_accuracy is not None:
+            row["reached_target"] = row["test_accuracy"] >= self.target_accuracy
+            if row["reached_target"] and self.reached is None:
+                self.reached = row["elapsed_s"]
+            row["time_to_target_s"] = self.reached
+        self.rows.append(row)
+        if self.bar is not None:
+            shown = {k: f"{row[v]:.4f}" for k, v in (("loss", "train_loss"), ("acc", "test_accuracy"))
+                     if row[v] is not None}
+            self.bar.set_postfix(**shown)
+            self.bar.update()
+        return row
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def train(
     model,
     params,
@@ -207,11 +366,16 @@ def train(
 ) -> TrainResult:
     """Train ``model`` on ``data`` with ``optimizer``; deterministic for a given key.
 
+    The convenient whole of the parts, each of which can be used alone:
+    :func:`check_data`, :func:`init_state`, :func:`make_epoch` and :func:`make_evaluate`,
+    :class:`Checkpointer`, :func:`run_epochs` and :class:`MetricsLog`.
+
     Args:
       model: a ``Layer`` or an apply function.
       params: the initial parameters (``model.init(...)[1]``).
       optimizer: any ``optax.GradientTransformation``.
-      data: a :class:`funcprop.data.Dataset` (x_train, y_train, x_test, y_test).
+      data: a :class:`funcprop.data.Dataset` (x_train, y_train, x_test, y_test); checked
+        once before training (:func:`check_data`). A test set may be empty.
       epochs: the total number of epochs (a resumed run goes on up to this).
       batch_size: the minibatch size; at most the number of training examples.
       key: a typed PRNG key (``jax.random.key``) for the shuffles and dropout.
@@ -219,7 +383,7 @@ def train(
       gradient: ``"rules"``, ``"twins"`` or ``"backprop"`` (see the module docstring).
       checkpoint_path: if given, the state is saved there after every epoch,
         atomically and verified (:mod:`funcprop.checkpoint`).
-      resume: continue from ``checkpoint_path`` if it exists.
+      resume: continue from ``checkpoint_path`` if it exists (needs checkpoint_path).
       out_dir: if given, the history is written there as ``metrics.json`` and
         ``metrics.csv``.
       progress: show a progress bar over epochs (tqdm).
@@ -235,89 +399,53 @@ def train(
       train_loss, test_loss, test_accuracy, epoch_time_s and elapsed_s (wall time since
       the call began, compilation included).
     """
-    x_train, y_train = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
-    n = x_train.shape[0]
+    n = len(data.x_train)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"train: epochs must be an int >= 0, got {epochs!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= n:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= max(n, 1):
         raise ValueError(f"train: batch_size must be an int in [1, {n}] (the training set size), got {batch_size!r}")
-    if not (isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)):
-        raise TypeError(f"train: key must be a typed PRNG key from jax.random.key(seed), got {key!r}")
-    apply = model.apply if isinstance(model, nn.Layer) else model
-    epoch_fn = make_epoch(loss_and_grad(model, loss, gradient), optimizer, n, batch_size)
-    x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
-    accuracy = accuracy_kind(loss, y_test)
-    if target_accuracy is not None and accuracy is None:
-        raise ValueError(
-            "train: target_accuracy needs an accuracy, and there is none for this loss and these targets "
-            "(class ids or probabilities with softmax_cross_entropy, 0/1 targets with "
-            "sigmoid_binary_cross_entropy); leave target_accuracy=None"
-        )
-    evaluate = make_evaluate(apply, loss, accuracy=accuracy)
-
-    # the epoch donates its state: copy, so the caller's params and key stay usable
-    state = jax.tree.map(jnp.copy, TrainState(params, optimizer.init(params), key, jnp.zeros((), jnp.int32)))
-    history: list = []
-    config = {} if config is None else dict(config)
+    _typed_key("train", key)
     if resume and checkpoint_path is None:
         raise ValueError("train: resume=True needs checkpoint_path, the checkpoint to continue from; pass it, "
                          "or leave resume=False to start fresh")
-    if resume and pathlib.Path(checkpoint_path).exists():
-        state, meta = checkpoint.load(checkpoint_path, like=state)
-        history = list(meta.get("history", []))
-        saved = meta.get("config", {})
-        changed = {k: (saved.get(k), v) for k, v in config.items() if k in saved and saved[k] != v}
-        if changed:
-            listed = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in changed.items())
-            raise ValueError(
-                f"train: the checkpoint {checkpoint_path} was written with other settings ({listed}); "
-                f"resume with the same settings, or start a new run elsewhere"
-            )
+    apply = model.apply if isinstance(model, nn.Layer) else model
+    check_data(data, apply, params, loss)
+    accuracy = accuracy_kind(loss, data.y_test) if len(data.x_test) else None
+    if target_accuracy is not None and accuracy is None:
+        raise ValueError(
+            "train: target_accuracy needs an accuracy on a test set, and there is none for this loss and "
+            "these targets (class ids or probabilities with softmax_cross_entropy, 0/1 targets with "
+            "sigmoid_binary_cross_entropy, and a non-empty test set); leave target_accuracy=None"
+        )
+    epoch_fn = make_epoch(loss_and_grad(model, loss, gradient), optimizer, n, batch_size)
+    evaluate = make_evaluate(apply, loss, accuracy=accuracy)
 
-    start = time.perf_counter()
-    offset = history[-1]["elapsed_s"] if history else 0.0
-    reached = next((r["elapsed_s"] for r in history if r.get("reached_target")), None)
-    bar = _progress(range(int(state.epoch), epochs), progress)
-    for _ in bar:
-        t0 = time.perf_counter()
-        state, train_loss = epoch_fn(state, x_train, y_train)
-        test_loss, test_accuracy = evaluate(state.params, x_test, y_test)
-        row = {
-            "epoch": int(state.epoch),
-            "train_loss": float(train_loss),
-            "test_loss": float(test_loss),
-            "test_accuracy": None if test_accuracy is None else float(test_accuracy),
-            "epoch_time_s": time.perf_counter() - t0,
-            "elapsed_s": offset + time.perf_counter() - start,
-        }
-        if target_accuracy is not None:
-            row["reached_target"] = row["test_accuracy"] >= target_accuracy
-            if row["reached_target"] and reached is None:
-                reached = row["elapsed_s"]
-            row["time_to_target_s"] = reached
-        history.append(row)
-        if hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{row['train_loss']:.4f}", acc=f"{row['test_accuracy']:.4f}")
-        if not all(math.isfinite(row[k]) for k in ("train_loss", "test_loss")):
-            raise FloatingPointError(
-                f"train: the loss became {row['train_loss']} at epoch {row['epoch']}; "
-                f"lower the learning rate or check the data"
-            )
-        if checkpoint_path is not None:
-            checkpoint.save(checkpoint_path, state, metadata={"history": history, "config": config})
+    state, history = init_state(params, optimizer, key), []
+    saver = None if checkpoint_path is None else Checkpointer(checkpoint_path, dict(config or {}))
+    if resume:
+        state, history = saver.restore(state)
+    log = MetricsLog(history, target_accuracy=target_accuracy, progress=progress, total=epochs)
+    try:
+        for state, row in run_epochs(epoch_fn, evaluate, state, data, epochs):
+            log.record(row)
+            if saver is not None:
+                saver.save(state, log.rows)
+    finally:
+        log.close()
     if out_dir is not None:
-        write_history(history, out_dir)
-    return TrainResult(state.params, state.opt_state, history)
+        write_history(log.rows, out_dir)
+    return TrainResult(state.params, state.opt_state, log.rows)
 
 
-def _progress(epochs, enabled: bool):
+def _progress(done: int, total: int | None, enabled: bool):
+    """A tqdm bar over the epochs, or None: off, without tqdm, or without a terminal."""
     if not enabled:
-        return epochs
+        return None
     try:
         from tqdm.auto import tqdm
     except ImportError:  # the bar is a nicety; training goes on without it
-        return epochs
-    return tqdm(epochs, desc="epochs", unit="epoch", leave=False, disable=None)  # None: off without a terminal
+        return None
+    return tqdm(initial=done, total=total, desc="epochs", unit="epoch", leave=False, disable=None)
 
 
 def write_history(history: list, out_dir) -> tuple[pathlib.Path, pathlib.Path]:

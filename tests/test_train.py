@@ -96,7 +96,7 @@ def test_bad_arguments(toy_data, kwargs, exception, pattern):
 
 def test_divergence_is_reported(toy_data):
     model, params = _setup(toy_data, activation="relu")
-    with pytest.raises(FloatingPointError, match=r"train: the loss became"):
+    with pytest.raises(FloatingPointError, match=r"train: the train loss became nan at epoch 1"):
         train.train(model, jax.tree.map(lambda p: p * 1e30, params), optax.sgd(1e30), toy_data,
                     epochs=3, batch_size=16, key=jax.random.key(0), progress=False)
 
@@ -198,3 +198,86 @@ def test_resume_without_a_checkpoint_path_is_refused(toy_data):
     with pytest.raises(ValueError, match=r"train: resume=True needs checkpoint_path"):
         train.train(model, params, optax.adam(1e-2), toy_data, epochs=1, key=jax.random.key(0), resume=True,
                     progress=False)
+
+
+def _with(ds, **arrays):
+    return ds._replace(**{k: jnp.asarray(v) for k, v in arrays.items()})
+
+
+def _on_device(ds):
+    return _with(ds, **{k: getattr(ds, k) for k in ("x_train", "y_train", "x_test", "y_test")})
+
+
+@pytest.mark.parametrize("change, pattern", [
+    (lambda d: {"y_train": d.y_train.at[3].set(7)},
+     r"train: y_train must hold class ids in \[0, 2\); 1 entries do not, the first 7 at index \(3,\); the model has 2"),
+    (lambda d: {"y_train": -jnp.ones_like(d.y_train)}, r"y_train must hold class ids in \[0, 2\); 150 entries"),
+    (lambda d: {"y_test": d.y_test.at[0].set(2)}, r"y_test must hold class ids in \[0, 2\)"),
+    (lambda d: {"x_train": d.x_train.at[5, 1].set(jnp.nan)},
+     r"x_train must hold finite values; 1 entries do not, the first nan at index \(5, 1\)"),
+    (lambda d: {"x_test": d.x_test.at[0, 0].set(jnp.inf)}, r"x_test must hold finite values"),
+    (lambda d: {"y_train": jax.nn.one_hot(d.y_train, 2).at[0, 0].set(-0.5)},
+     r"y_train must hold finite values in \[0, inf\]; 1 entries do not, the first -0.5"),
+    (lambda d: {"y_train": d.y_train[:-1]}, r"x_train has \(150,\) examples but y_train has \(149,\)"),
+    (lambda d: {"x_train": d.x_train[:0], "y_train": d.y_train[:0]}, r"the training set is empty"),
+], ids=["label-7", "labels--1", "test-label", "nan-x", "inf-x-test", "negative-probability", "lengths", "empty"])
+def test_the_data_is_checked_once_before_training(toy_data, change, pattern):
+    model, params = _setup(toy_data)
+    bad = _with(toy_data, **change(_on_device(toy_data)))
+    with pytest.raises(ValueError, match=pattern):
+        train.train(model, params, optax.sgd(0.1), bad, epochs=1, batch_size=1, key=jax.random.key(0), progress=False)
+
+
+def test_binary_targets_outside_0_1_are_refused(toy_data):
+    model = nn.mlp([2, 4, 1])
+    _, params = model.init(jax.random.key(0), (2,))
+    toy_data = _on_device(toy_data)
+    y = toy_data.y_train.astype(jnp.float32)[:, None].at[2, 0].set(2.0)
+    ds = _with(toy_data, y_train=y, y_test=toy_data.y_test.astype(jnp.float32)[:, None])
+    with pytest.raises(ValueError, match=r"y_train must hold finite values in \[0, 1\]; 1 entries do not, the first 2"):
+        train.train(model, params, optax.sgd(0.1), ds, epochs=1, key=jax.random.key(0), progress=False,
+                    loss=fp.sigmoid_binary_cross_entropy)
+
+
+def test_an_empty_test_set_trains_and_records_no_test_metrics(toy_data):
+    ds = _with(toy_data, x_test=toy_data.x_test[:0], y_test=toy_data.y_test[:0])
+    result = _run(ds, epochs=2)
+    assert [r["test_loss"] for r in result.history] == [None, None]
+    assert all(np.isfinite(r["train_loss"]) for r in result.history)
+    with pytest.raises(ValueError, match=r"target_accuracy needs an accuracy on a test set"):
+        _run(ds, epochs=1, target_accuracy=0.9)
+
+
+def test_a_non_finite_test_loss_is_named_as_the_test_loss(toy_data):
+    model, params = _setup(toy_data)
+    epoch = train.make_epoch(train.loss_and_grad(model), optax.sgd(0.1), 150, 50)
+    state = train.init_state(params, optax.sgd(0.1), jax.random.key(0))
+    with pytest.raises(FloatingPointError, match=r"train: the test loss became nan at epoch 1"):
+        next(train.run_epochs(epoch, lambda p, x, y: (jnp.nan, None), state, toy_data, 3))
+
+
+def test_float64_data_for_float32_params_is_refused_by_every_gradient(toy_data):
+    ds = _with(toy_data, x_train=toy_data.x_train.astype(jnp.float64), x_test=toy_data.x_test.astype(jnp.float64))
+    for gradient in train.GRADIENTS:
+        with pytest.raises(TypeError, match=r"Dense\(8\): input is float64 but the parameters are float32"):
+            _run(ds, epochs=1, gradient=gradient)
+
+
+def test_the_parts_of_train_used_alone_reach_train_s_parameters(toy_data, tmp_path):
+    whole = _run(toy_data, epochs=3)
+    model, params = _setup(toy_data)
+    optimizer = optax.adam(1e-2)
+    epoch = train.make_epoch(train.loss_and_grad(model), optimizer, 150, 16)
+    evaluate = train.make_evaluate(model.apply, accuracy="class-ids")
+    saver = train.Checkpointer(tmp_path / "state.npz", {"lr": 1e-2})
+    state, log = train.init_state(params, optimizer, jax.random.key(2)), train.MetricsLog(progress=False)
+    for state, row in train.run_epochs(epoch, evaluate, state, toy_data, 2):
+        saver.save(state, [log.record(row)])
+    state, history = saver.restore(train.init_state(params, optimizer, jax.random.key(9)))
+    assert int(state.epoch) == 2 and [r["epoch"] for r in history] == [2]
+    for state, row in train.run_epochs(epoch, evaluate, state, toy_data, 3):
+        assert row["train_loss"] == whole.history[2]["train_loss"]
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(whole.params)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match=r"other settings \(lr: 0.01 then, 0.1 now\)"):
+        train.Checkpointer(saver.path, {"lr": 0.1}).restore(state)
