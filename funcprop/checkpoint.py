@@ -20,12 +20,16 @@ altered byte, and any truncation, is caught before the archive is parsed.
 :func:`save` writes a temporary file beside the target, fsyncs it, reads it back and
 compares it with the tree, and only then renames it over the target with
 ``os.replace``: a save that fails at any point leaves the previous checkpoint intact.
+The temporary is named ``.NAME.HOST-PID.RANDOM.tmp`` (a hash of the host name and the
+writer's process id): one left by a save that was killed is removed by the next save
+or load of NAME once its writer is gone (see :func:`_remove_stale_temporaries`).
 :func:`load` restores into the structure of a template (as flax/orbax restore with a
 target) and checks key paths, shapes and dtypes against it.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -33,7 +37,10 @@ import os
 import pathlib
 import re
 import secrets
+import socket
+import time
 import zipfile
+import zlib
 from typing import Any
 
 import jax
@@ -45,6 +52,8 @@ _HEADER = "__funcprop__"
 _DIGEST_HEX = 64
 _PYTHON_SCALARS = (bool, int, float, complex)
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member times: the same tree, the same bytes
+_HOST = f"{zlib.crc32(socket.gethostname().encode()):08x}"  # in temporary files' names
+_STALE_AFTER_S = 3600  # a temporary of another host (or no PID) untouched this long
 
 
 class CheckpointError(ValueError):
@@ -69,10 +78,11 @@ def _to_numpy(where: str, leaf) -> tuple[np.ndarray, dict]:
     else:
         array, entry = np.asarray(leaf), {"kind": "array"}
     if not (array.dtype.kind in "biufc" or jnp.issubdtype(array.dtype, jnp.floating)):
+        what = (f"the int {leaf}, which does not fit in 64 bits" if entry["kind"] == "python"
+                else f"a {type(leaf).__name__} of dtype {array.dtype}")
         raise TypeError(
-            f"save: the leaf at {where} is a {type(leaf).__name__} of dtype "
-            f"{array.dtype}; checkpoints hold numeric arrays, Python numbers and PRNG "
-            f"keys; put other values in metadata"
+            f"save: the leaf at {where} is {what}; checkpoints hold numeric arrays, "
+            f"Python numbers of up to 64 bits and PRNG keys; put other values in metadata"
         )
     entry.update(path=where, dtype=array.dtype.name, shape=list(array.shape))
     return array, entry
@@ -83,6 +93,21 @@ def _storable(array: np.ndarray) -> np.ndarray:
     if array.dtype.kind != "V":  # ml_dtypes types have kind "V"
         return array
     return np.ascontiguousarray(array).view(f"u{array.dtype.itemsize}")
+
+
+def _os_error(like: OSError, message: str) -> OSError:
+    """``message`` as an error of ``like``'s class and errno, so ``except`` still matches."""
+    err = type(like)(message)
+    err.errno = like.errno
+    return err
+
+
+def _refuse_directory(fn: str, path: pathlib.Path) -> None:
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"{fn}: '{path}' is a directory, not a checkpoint file; pass a file path "
+            f"such as '{path / 'checkpoint.npz'}'"
+        )
 
 
 def _json_default(value):
@@ -108,7 +133,7 @@ def save(path, tree, *, metadata: dict | None = None) -> pathlib.Path:
       tree: a pytree whose leaves are arrays (JAX or NumPy), Python numbers, or
         typed PRNG keys (``jax.random.key``), stored as their raw key data.
       metadata: a JSON-serialisable dict (epoch, seed, config). NumPy scalars are
-        stored as Python numbers; tuples come back as lists.
+        stored as Python numbers; tuples come back as lists, and keys as strings.
 
     Returns:
       The path written.
@@ -116,13 +141,24 @@ def save(path, tree, *, metadata: dict | None = None) -> pathlib.Path:
     Raises:
       TypeError: if a leaf is not numeric or metadata is not JSON-serialisable.
       FileNotFoundError: if the directory does not exist.
+      IsADirectoryError: if ``path`` is a directory.
+      PermissionError: if ``path`` is read-only (it is kept), or its directory is.
+      OSError: if writing fails (a full disk: errno ENOSPC); ``path`` is intact.
       CheckpointError: if the file read back differs from ``tree``.
     """
     path = pathlib.Path(path)
+    _refuse_directory("save", path)
     if not path.parent.is_dir():
         raise FileNotFoundError(
             f"save: the directory '{path.parent}' of '{path}' does not exist; "
             f"create it first"
+        )
+    # os.replace would replace a read-only file (the folder's mode decides); root's
+    # os.access allows everything, hence the mode bits as well.
+    if path.exists() and not (path.stat().st_mode & 0o222 and os.access(path, os.W_OK)):
+        raise PermissionError(
+            f"save: '{path}' is read-only, so it was not replaced (it is kept as it "
+            f"is); make it writable (chmod u+w) or choose another path"
         )
     metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict):
@@ -147,20 +183,65 @@ def save(path, tree, *, metadata: dict | None = None) -> pathlib.Path:
         sort_keys=True,
     )
 
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
-                 0o666)
+    _remove_stale_temporaries(path)
+    tmp = path.with_name(f".{path.name}.{_HOST}-{os.getpid()}.{secrets.token_hex(6)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                     0o666)
+    except OSError as err:
+        raise _os_error(err, (
+            f"save: cannot write '{path}': creating a file in its folder '{path.parent}' "
+            f"failed ({err.strerror}); make the folder writable or choose another path"
+        )) from None
     try:
         with os.fdopen(fd, "w+b") as f:
             _write(f, header, [e["name"] for e in entries], leaves)
             os.fsync(f.fileno())
         _verify(tmp, leaves, entries, meta_json)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
-        raise
+        if not isinstance(err, OSError):
+            raise
+        full = err.errno == errno.ENOSPC
+        raise _os_error(err, (
+            f"save: writing '{path}' failed{': the disk is full' if full else ''} ({err}); "
+            f"the previous checkpoint (if any) is intact and the temporary file was "
+            f"removed; {'free some space' if full else 'check the disk'} or choose "
+            f"another path"
+        )) from None
     _fsync_directory(path.parent)
     return path
+
+
+def _remove_stale_temporaries(path: pathlib.Path) -> None:
+    """Remove the temporaries that killed saves to ``path`` left beside it.
+
+    One is stale if its writer ran on this host and that process is gone; one of
+    another host, or of a funcprop that did not name the writer (``.NAME.RANDOM.tmp``),
+    once it has not been modified for an hour. The temporary of a live writer on this
+    host is never removed. Best effort: what cannot be listed or removed is left.
+    """
+    pattern = re.compile(
+        rf"\.{re.escape(path.name)}\.(?:([0-9a-f]{{8}})-(\d+)\.)?[0-9a-f]{{12}}\.tmp")
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return
+    for match in filter(None, map(pattern.fullmatch, names)):
+        tmp = path.parent / match[0]
+        try:
+            if match[1] == _HOST and os.name == "posix":  # signal 0 only probes on POSIX
+                try:
+                    os.kill(int(match[2]), 0)
+                    continue  # the writer is alive
+                except ProcessLookupError:
+                    pass
+            elif time.time() - tmp.stat().st_mtime < _STALE_AFTER_S:
+                continue
+            tmp.unlink()
+        except (OSError, OverflowError):  # kill's EPERM: alive (another user's); or gone
+            pass
 
 
 def _write(f, header: str, names: list, leaves: list) -> None:
@@ -233,10 +314,16 @@ def _corrupted(path, what: str) -> CheckpointError:
 
 def _read(path: pathlib.Path) -> tuple[list, dict]:
     """The verified ``[(array, header entry), ...]`` and the metadata of a file."""
+    _refuse_directory("load", path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f"load: no checkpoint at '{path}'") from None
+    except PermissionError as err:
+        raise _os_error(err, (
+            f"load: cannot read '{path}': permission denied; make it readable "
+            f"(chmod u+r) or load a copy"
+        )) from None
     body, digest = raw[:-_DIGEST_HEX], raw[-_DIGEST_HEX:]
     if len(raw) <= _DIGEST_HEX or not re.fullmatch(rb"[0-9a-f]{64}", digest):
         raise _corrupted(path, f"its last {_DIGEST_HEX} bytes are not a sha256 digest "
@@ -286,7 +373,9 @@ def load_flat(path) -> tuple[dict[str, np.ndarray], dict]:
       FileNotFoundError: if there is no file at ``path``.
       CheckpointError: if the file is corrupted.
     """
-    leaves, metadata = _read(pathlib.Path(path))
+    path = pathlib.Path(path)
+    _remove_stale_temporaries(path)
+    leaves, metadata = _read(path)
     return {entry["path"]: array for array, entry in leaves}, metadata
 
 
@@ -296,6 +385,11 @@ def _describe(dtype, shape) -> str:
 
 def _restore_leaf(path, where: str, array: np.ndarray, entry: dict, like) -> Any:
     """``array`` in the kind of the template leaf ``like``, after checking it fits."""
+    if (entry["kind"] == "python" and isinstance(like, jax.ShapeDtypeStruct)
+            and like.shape == () and like.dtype.kind == array.dtype.kind):
+        # jax.eval_shape of a Python number: 32 or 64 bits by the x64 flag, so the
+        # kind (int, float...) is what must match; the number comes back as it was.
+        return array.item()
     got = array
     if entry["kind"] == "key":  # compare the key array (key<fry>(3,)), not its data
         got = jax.eval_shape(lambda: jax.random.wrap_key_data(
@@ -349,6 +443,8 @@ def load(path, like) -> tuple[Any, dict]:
     and the sha256 checksum of the whole file is verified. Each leaf comes back in
     the template's kind: a JAX array (on the template's sharding), a NumPy array, a
     Python number, or a typed PRNG key rebuilt with ``jax.random.wrap_key_data``.
+    ``jax.eval_shape(lambda: tree)`` of the saved tree is a template too: a Python
+    number saved (an epoch) comes back as that number, with x64 on or off.
 
     Args:
       path: the checkpoint file.
@@ -360,11 +456,13 @@ def load(path, like) -> tuple[Any, dict]:
 
     Raises:
       FileNotFoundError: if there is no file at ``path``.
+      IsADirectoryError, PermissionError: if ``path`` is a directory or unreadable.
       CheckpointError: if the file is corrupted, truncated or altered, or its
         structure, shapes or dtypes differ from ``like`` (naming the first key path
         that differs).
     """
     path = pathlib.Path(path)
+    _remove_stale_temporaries(path)
     stored, metadata = _read(path)
     flat, treedef = jax.tree_util.tree_flatten_with_path(like)
     wanted = [jax.tree_util.keystr(key_path) for key_path, _ in flat]

@@ -7,12 +7,14 @@ Nothing here touches the network: digits ships inside scikit-learn, and MNIST is
 from IDX files already on disk (:func:`read_idx`, with :func:`write_idx` for making
 small files).
 
-The arrays are NumPy, not JAX: a training loop slices batches on the host and hands
-them to a jitted step, which moves them to the device.
+The arrays are NumPy, not JAX: :func:`funcprop.train.train` moves each split to the
+device once, and its jitted epoch gathers the shuffled minibatches there (``x[idx]``).
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import pathlib
 from typing import NamedTuple
@@ -61,8 +63,18 @@ class Dataset(NamedTuple):
         )
 
 
+def _is_int(x) -> bool:
+    """A Python or NumPy integer, not a bool."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _check_seed(fn: str, seed) -> None:
+    if not (_is_int(seed) and 0 <= seed < 2**32):
+        raise ValueError(f"{fn}: seed must be an int in [0, 2**32), got {seed!r}; e.g. seed=0")
+
+
 def _check_fraction(fn: str, test_fraction) -> float:
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (float, int)):
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, numbers.Real):
         raise TypeError(f"{fn}: test_fraction must be a float, got {test_fraction!r}")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(
@@ -116,27 +128,30 @@ def toy(key, n: int = 1000, kind: str = "moons", noise: float = 0.1,
       key: a JAX PRNG key, e.g. ``jax.random.key(0)``.
       n: the total number of points, train and test.
       kind: ``"moons"`` or ``"spirals"``.
-      noise: the standard deviation of the noise, before standardisation.
+      noise: the standard deviation of the noise, before standardisation (finite, >= 0).
       test_fraction: the share of each class held out for testing, in (0, 1).
 
     Returns:
       A :class:`Dataset` with ``x``: ``(N, 2)`` float32 and ``y``: ``(N,)`` int32.
     """
-    if isinstance(key, (int, np.integer)):
+    try:
+        k_points, k_train, k_test = jax.random.split(key, 3)
+    except (TypeError, ValueError):  # not a key, or a batch of keys
+        got = f"an array of {key.dtype}{key.shape}" if hasattr(key, "shape") else repr(key)
         raise TypeError(
-            f"toy: key must be a JAX PRNG key, got the integer {key!r}; "
-            f"pass jax.random.key({key!r})"
-        )
+            f"toy: key must be a JAX PRNG key (one, not a batch), got {got}; pass "
+            f"jax.random.key({int(key) if _is_int(key) else 0})"
+        ) from None
     if kind not in TOY_KINDS:
         raise ValueError(f"toy: unknown kind {kind!r}; choose one of {TOY_KINDS}")
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
+    if not _is_int(n) or n < 2:
         raise ValueError(f"toy: n must be an int >= 2 (one point per class), got {n!r}")
-    if noise < 0:
-        raise ValueError(f"toy: noise must be >= 0, got {noise}")
+    if np.ndim(noise) or np.asarray(noise).dtype.kind not in "iuf" or not (
+            0 <= noise < math.inf):  # a real scalar (NumPy or JAX too), finite
+        raise ValueError(f"toy: noise must be a finite number >= 0, got {noise!r}; e.g. 0.1")
     test_fraction = _check_fraction("toy", test_fraction)
 
     n0, n1 = n - n // 2, n // 2
-    k_points, k_train, k_test = jax.random.split(key, 3)
     x = np.asarray(_toy_points(k_points, n0, n1, kind, float(noise)), np.float64)
     # Points are independent, so the first points of each class are a random sample.
     t0, t1 = round(test_fraction * n0), round(test_fraction * n1)
@@ -179,7 +194,7 @@ def digits(seed: int = 0, test_fraction: float = 0.25, image: bool = False, size
     The data ship with scikit-learn; nothing is downloaded.
 
     Args:
-      seed: the seed of the split.
+      seed: the seed of the split, an int in [0, 2**32).
       test_fraction: the share of each class held out for testing, in (0, 1).
       image: if True, inputs are NHWC images ``(N, size, size, 1)``; else flat
         ``(N, size²)``.
@@ -189,9 +204,11 @@ def digits(seed: int = 0, test_fraction: float = 0.25, image: bool = False, size
     Returns:
       A :class:`Dataset` with float32 inputs and int32 labels in ``[0, 10)``.
     """
+    _check_seed("digits", seed)
     test_fraction = _check_fraction("digits", test_fraction)
-    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
+    if not _is_int(size) or size < 8:
         raise ValueError(f"digits: size must be an int >= 8 (the images ship as 8x8), got {size!r}")
+    size = int(size)
     try:
         from sklearn.datasets import load_digits
     except ImportError as err:
@@ -242,6 +259,11 @@ def _mnist_split(images_file, labels_file, image: bool, limit):
             f"mnist: '{images_file}' must hold uint8 images (N, rows, cols), got "
             f"{images.dtype} of shape {images.shape}"
         )
+    if images.size == 0:
+        raise ValueError(
+            f"mnist: '{images_file}' has no images (shape {images.shape}); each split "
+            f"needs at least one image of at least one pixel; write or download it again"
+        )
     if labels.ndim != 1 or labels.dtype != np.uint8:
         raise ValueError(
             f"mnist: '{labels_file}' must hold uint8 labels (N,), got {labels.dtype} "
@@ -284,7 +306,7 @@ def mnist(path, image: bool = False, limit: int | None = None) -> Dataset:
     Raises:
       FileNotFoundError: if the directory or one of the files is missing, listing
         the names looked for.
-      ValueError: if a file is malformed or the files disagree.
+      ValueError: if a file is malformed, holds no images, or the files disagree.
     """
     directory = pathlib.Path(path)
     if not directory.is_dir():
@@ -292,8 +314,7 @@ def mnist(path, image: bool = False, limit: int | None = None) -> Dataset:
             f"mnist: '{directory}' is not a directory; pass the directory that holds "
             f"the four MNIST IDX files"
         )
-    if limit is not None and (isinstance(limit, bool) or not isinstance(
-            limit, (int, np.integer)) or limit < 1):
+    if limit is not None and (not _is_int(limit) or limit < 1):
         raise ValueError(f"mnist: limit must be None or a positive int, got {limit!r}")
     found = [_find_mnist_file(directory, what, stem) for what, stem in _MNIST_FILES]
     x_train, y_train = _mnist_split(found[0], found[1], image, limit)
@@ -326,6 +347,7 @@ def load(name: str, *, seed: int = 0, path: str | os.PathLike | None = None,
     """
     if name not in DATASETS:
         raise ValueError(f"load: unknown dataset {name!r}; choose one of {DATASETS}")
+    _check_seed("load", seed)
     if path is not None and name != "mnist":
         raise ValueError(
             f"load: path is only used by 'mnist', but name is {name!r}; drop path"

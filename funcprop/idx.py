@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import pathlib
 import zlib
 
@@ -36,52 +37,79 @@ def read_idx(path) -> np.ndarray:
 
     Raises:
       FileNotFoundError: if there is no file at ``path``.
-      ValueError: if the file is not a well-formed IDX file, saying what is wrong.
+      IsADirectoryError, PermissionError: if ``path`` is a directory or unreadable.
+      ValueError: if the file is not a well-formed IDX file, saying what is wrong;
+        in particular if its data are shorter or longer than its header declares
+        (a gzip file is inflated only that far, so a gzip bomb is refused cheaply).
     """
     path = pathlib.Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"read_idx: '{path}' is a directory; pass one IDX file in it, such as "
+            f"'{path / 'train-images-idx3-ubyte'}'"
+        )
     try:
-        raw = path.read_bytes()
+        file = path.open("rb")
     except FileNotFoundError:
         raise FileNotFoundError(f"read_idx: no file at '{path}'") from None
-    if raw[:2] == _GZIP_MAGIC:
+    except PermissionError:
+        raise PermissionError(
+            f"read_idx: cannot read '{path}': permission denied; make it readable "
+            f"(chmod u+r) or copy it"
+        ) from None
+    with file:
+        gzipped = file.read(2) == _GZIP_MAGIC
+        file.seek(0)
+        # Read as a stream, never more than the header declares (and one byte to see
+        # whether more follows): a gzip bomb with a small header costs nothing.
+        stream = gzip.GzipFile(fileobj=file, mode="rb") if gzipped else file
         try:
-            raw = gzip.decompress(raw)
+            head = stream.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0:
+                raise ValueError(
+                    f"read_idx: '{path}' is not an IDX file: it must start with two zero "
+                    f"bytes, a dtype code and a rank, but starts with {head.hex(' ')!r}"
+                )
+            code, ndim = head[2], head[3]
+            if code not in _IDX_DTYPES:
+                known = ", ".join(f"0x{c:02X} {d.newbyteorder('=')}"
+                                  for c, d in _IDX_DTYPES.items())
+                raise ValueError(
+                    f"read_idx: '{path}' has unknown dtype code 0x{code:02X}; IDX "
+                    f"defines {known}"
+                )
+            dims = stream.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise ValueError(
+                    f"read_idx: '{path}' is truncated: its header declares {ndim} "
+                    f"dimensions ({4 + 4 * ndim} header bytes) but the file has "
+                    f"{4 + len(dims)} bytes"
+                )
+            shape = tuple(int(d) for d in np.frombuffer(dims, ">i4"))
+            if any(d < 0 for d in shape):
+                raise ValueError(f"read_idx: '{path}' declares a negative dimension: {shape}")
+            dtype = _IDX_DTYPES[code]
+            expected = math.prod(shape) * dtype.itemsize
+            data = bytearray()  # grows with what the file holds, not what it claims
+            while len(data) < expected and (
+                    chunk := stream.read(min(expected - len(data), 1 << 24))):
+                data += chunk
+            longer = bool(stream.read(1))
         except (OSError, EOFError, zlib.error) as err:
+            if not gzipped:
+                raise
             raise ValueError(
                 f"read_idx: '{path}' is a damaged gzip file ({err}); "
                 f"download or write it again"
             ) from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(
-            f"read_idx: '{path}' is not an IDX file: it must start with two zero "
-            f"bytes, a dtype code and a rank, but starts with {raw[:4].hex(' ')!r}"
-        )
-    code, ndim = raw[2], raw[3]
-    if code not in _IDX_DTYPES:
-        known = ", ".join(f"0x{c:02X} {d.newbyteorder('=')}" for c, d in _IDX_DTYPES.items())
-        raise ValueError(
-            f"read_idx: '{path}' has unknown dtype code 0x{code:02X}; IDX defines {known}"
-        )
-    start = 4 + 4 * ndim
-    if len(raw) < start:
-        raise ValueError(
-            f"read_idx: '{path}' is truncated: its header declares {ndim} dimensions "
-            f"({start} header bytes) but the file has {len(raw)} bytes"
-        )
-    shape = tuple(int(d) for d in np.frombuffer(raw, ">i4", ndim, offset=4))
-    if any(d < 0 for d in shape):
-        raise ValueError(f"read_idx: '{path}' declares a negative dimension: {shape}")
-    dtype = _IDX_DTYPES[code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    found = len(raw) - start
-    if found != expected:
-        what = "truncated" if found < expected else "longer than its header says"
+    if len(data) < expected or longer:
+        what, found = (("truncated", len(data)) if len(data) < expected
+                       else ("longer than its header says", "more"))
         raise ValueError(
             f"read_idx: '{path}' is {what}: shape {shape} of {dtype.newbyteorder('=')} "
             f"needs {expected} data bytes but the file has {found}"
         )
-    data = np.frombuffer(raw, dtype, offset=start).reshape(shape)
-    return data.astype(dtype.newbyteorder("="))
+    return np.frombuffer(data, dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
 def write_idx(path, array) -> None:
@@ -93,6 +121,7 @@ def write_idx(path, array) -> None:
     Raises:
       TypeError: for any other dtype (cast first, e.g. ``array.astype(np.int32)``).
       ValueError: for more than 255 dimensions or a dimension of 2**31 or more.
+      OSError: if the file cannot be written, naming it.
     """
     path = pathlib.Path(path)
     array = np.asarray(array)
@@ -113,6 +142,12 @@ def write_idx(path, array) -> None:
     payload = header + np.ascontiguousarray(array, _IDX_DTYPES[code]).tobytes()
     if path.name.endswith(".gz"):
         payload = gzip.compress(payload, mtime=0)
-    path.write_bytes(payload)
+    try:
+        path.write_bytes(payload)
+    except OSError as err:  # a directory, a missing or read-only folder, a full disk
+        raise type(err)(
+            f"write_idx: cannot write '{path}': {err.strerror}; pass a file path in an "
+            f"existing, writable folder with free space"
+        ) from None
 
 

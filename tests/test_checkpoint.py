@@ -5,8 +5,12 @@ import hashlib
 import json
 import math
 import os
+import pathlib
+import re
+import signal
 import subprocess
 import sys
+import time
 from typing import NamedTuple
 
 import jax
@@ -94,6 +98,18 @@ def test_template_may_be_shape_dtype_structs_and_load_flat_needs_none(tmp_path):
     assert list(flat) == ["['key']", "['params'][0].omega", "['params'][0].beta",
                           "['params'][1].omega", "['params'][1].beta"]
     np.testing.assert_array_equal(flat["['key']"], jax.random.key_data(state["key"]))
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_a_template_from_eval_shape_of_the_saved_tree_loads_it(tmp_path, x64):
+    # eval_shape makes a Python int int32 without x64 (the file holds int64), a float
+    # float32: the Python numbers must still come back, as the numbers they were
+    with jax.enable_x64(x64):
+        state = {"epoch": 7, "best": 0.25, "done": False, "z": 1 + 2j,
+                 "w": jnp.arange(3.0, dtype=jnp.float32), "key": jax.random.key(0)}
+        ckpt.save(tmp_path / "c", state)
+        restored, _ = ckpt.load(tmp_path / "c", like=jax.eval_shape(lambda: state))
+    assert_same_tree(restored, state)
 
 
 def test_saving_again_replaces_the_checkpoint(tmp_path):
@@ -189,6 +205,8 @@ WRONG_TEMPLATES = [
      r"at \['w'\]: the checkpoint has float32\(2, 3\) but the template has float64\(2, 3\)"),
     ("python-type", lambda s: {**s, "step": 3.0},
      r"at \['step'\]: the checkpoint has int64\(\) but the template has float64\(\)"),
+    ("abstract-python-type", lambda s: {**s, "step": jax.ShapeDtypeStruct((), jnp.float32)},
+     r"at \['step'\]: the checkpoint has int64\(\) but the template has float32\(\)"),
     ("key-vs-array", lambda s: {**s, "key": jnp.zeros(2, jnp.uint32)},
      r"at \['key'\]: the checkpoint has key<fry>\(\) but the template has uint32\(2,\)"),
     ("key-impl", lambda s: {**s, "key": jax.random.key(0, impl="rbg")},
@@ -213,7 +231,79 @@ def test_bad_leaves_and_metadata_are_refused_before_writing(tmp_path):
         ckpt.save(tmp_path / "c", {"name": "abc"})
     with pytest.raises(TypeError, match=r"save: metadata must be JSON-serialisable"):
         ckpt.save(tmp_path / "c", {}, metadata={"f": print})
+    with pytest.raises(TypeError, match=rf"save: the leaf at \['n'\] is the int {2**70}, "
+                       r"which does not fit in 64 bits"):
+        ckpt.save(tmp_path / "c", {"n": 2**70})
     assert os.listdir(tmp_path) == []
+
+
+# --- bad paths -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("call", [lambda p: ckpt.save(p, {"step": 1}),
+                                  lambda p: ckpt.load(p, like={"step": 0}), ckpt.load_flat],
+                         ids=["save", "load", "load_flat"])
+def test_a_directory_is_refused_by_name(tmp_path, call):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError, match=rf"^(save|load): '{re.escape(str(folder))}' is a "
+                       r"directory, not a checkpoint file; pass a file path such as "
+                       rf"'{re.escape(str(folder / 'checkpoint.npz'))}'$"):
+        call(folder)
+    assert os.listdir(tmp_path) == ["run"] and os.listdir(folder) == []
+
+
+def test_a_read_only_checkpoint_is_not_replaced(tmp_path):
+    path = ckpt.save(tmp_path / "c", {"step": 1})
+    before = path.read_bytes()
+    path.chmod(0o444)
+    with pytest.raises(PermissionError, match=r"save: '.*c' is read-only, so it was not replaced "
+                       r"\(it is kept as it is\); make it writable \(chmod u\+w\) or choose "
+                       r"another path"):
+        ckpt.save(path, {"step": 2})
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["c"]
+    assert ckpt.load(path, like={"step": 0})[0] == {"step": 1}
+
+
+def _as_a_user(monkeypatch, module, name, denied):
+    """Root opens any file: make ``module.name`` (an open) fail as the kernel would
+    for a user when ``denied(file, *args)``; nothing changes for a user."""
+    if os.geteuid() != 0:
+        return
+    real = getattr(module, name)
+
+    def opener(file, *args, **kwargs):
+        if denied(pathlib.Path(file), *args):
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real(file, *args, **kwargs)
+
+    monkeypatch.setattr(module, name, opener)
+
+
+def test_a_read_only_folder_names_the_target_and_the_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    _as_a_user(monkeypatch, os, "open",
+               lambda file, flags, *_: flags & os.O_CREAT and file.parent == folder)
+    try:
+        with pytest.raises(PermissionError, match=r"save: cannot write '.*ro/c\.npz': creating a "
+                           r"file in its folder '.*ro' failed \(Permission denied\); make the "
+                           r"folder writable or choose another path") as err:
+            ckpt.save(folder / "c.npz", {"step": 1})
+    finally:
+        folder.chmod(0o755)
+    assert err.value.errno == errno.EACCES and ".tmp" not in str(err.value)
+    assert os.listdir(folder) == []
+
+
+def test_an_unreadable_checkpoint_is_named(tmp_path, monkeypatch):
+    path = ckpt.save(tmp_path / "c", {"step": 1})
+    path.chmod(0)
+    _as_a_user(monkeypatch, pathlib.Path, "open", lambda file, *_: file == path)
+    with pytest.raises(PermissionError, match=r"load: cannot read '.*c': permission denied; make "
+                       r"it readable \(chmod u\+r\) or load a copy"):
+        ckpt.load(path, like={"step": 0})
 
 
 # --- nothing is lost -------------------------------------------------------------
@@ -285,6 +375,90 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, fail
     assert os.listdir(tmp_path) == ["c"]  # the temporary file is gone
     restored, meta = ckpt.load(path, like=new)
     assert_same_tree(restored, old) and meta == {"epoch": 1}
+
+
+def test_a_full_disk_says_so_and_that_the_checkpoint_is_intact(tmp_path, monkeypatch):
+    path = ckpt.save(tmp_path / "c", {"a": np.arange(100.0)})
+    before = path.read_bytes()
+    with monkeypatch.context() as patch:
+        _fail_midway(patch)
+        with pytest.raises(OSError, match=r"^save: writing '.*c' failed: the disk is full "
+                           r"\(\[Errno 28\] No space left on device\); the previous checkpoint "
+                           r"\(if any\) is intact and the temporary file was removed; free some "
+                           r"space or choose another path$") as err:
+            ckpt.save(path, {"a": np.zeros(100)})
+    assert err.value.errno == errno.ENOSPC
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["c"]
+
+
+# --- temporaries of killed saves --------------------------------------------------
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()  # reaped: no process has this id now
+    return child.pid
+
+
+@pytest.mark.parametrize("then", [lambda p: ckpt.save(p, {"step": 2}),
+                                  lambda p: ckpt.load(p, like={"step": 0})],
+                         ids=["save", "load"])
+def test_stale_temporaries_are_removed_and_a_live_writers_is_kept(tmp_path, then):
+    path = ckpt.save(tmp_path / "c", {"step": 1})
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        host, other = ckpt._HOST, "%08x" % (int(ckpt._HOST, 16) ^ 1)
+        names = {  # name: (hours since it was last written, removed?)
+            f".c.{host}-{_dead_pid()}.{'1' * 12}.tmp": (0, True),  # its writer is gone
+            f".c.{host}-{writer.pid}.{'2' * 12}.tmp": (2, False),  # its writer is alive
+            f".c.{other}-{_dead_pid()}.{'3' * 12}.tmp": (0, False),  # another host's: by age
+            f".c.{other}-{writer.pid}.{'4' * 12}.tmp": (2, True),
+            f".c.{'5' * 12}.tmp": (0, False),  # the old naming, without a writer: by age
+            f".c.{'6' * 12}.tmp": (2, True),
+            f".d.{host}-{_dead_pid()}.{'7' * 12}.tmp": (2, False),  # another checkpoint's
+            f".c.{host}-{_dead_pid()}.tmp": (2, False),  # not a temporary of save
+        }
+        for name, (hours, _) in names.items():
+            (tmp_path / name).write_bytes(b"x" * 1000)
+            then_s = time.time() - hours * 3600
+            os.utime(tmp_path / name, (then_s, then_s))
+        then(path)
+        kept = {name for name, (_, removed) in names.items() if not removed}
+        assert set(os.listdir(tmp_path)) == {"c"} | kept
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+_KILLED_MID_SAVE = """
+import sys, time
+import numpy as np
+from funcprop import checkpoint as ckpt
+def hang(*args):  # the file is written and fsynced, not yet renamed
+    print("written", flush=True)
+    time.sleep(60)
+ckpt._verify = hang
+ckpt.save(sys.argv[1], {"a": np.ones(1_000_000)})
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_a_save_killed_mid_write_leaves_a_temporary_the_next_save_removes(tmp_path):
+    path = ckpt.save(tmp_path / "c", {"a": np.zeros(1_000_000)})
+    before = path.read_bytes()
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_MID_SAVE, str(path)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = child.stdout.readline()
+    finally:
+        child.kill()  # SIGKILL: no finally clause, no cleanup in the child
+        _, stderr = child.communicate(timeout=60)
+    assert line == "written\n", stderr
+    (left,) = set(os.listdir(tmp_path)) - {"c"}
+    assert left.startswith(f".c.{ckpt._HOST}-{child.pid}.") and (tmp_path / left).stat().st_size > 8e6
+    assert path.read_bytes() == before  # the old checkpoint is intact
+    ckpt.save(path, {"a": np.ones(3)})
+    assert os.listdir(tmp_path) == ["c"]
 
 
 _SHARDED = """

@@ -1,8 +1,14 @@
 """Datasets: toy, digits, IDX files and MNIST from a directory the tests write."""
 
+import errno
 import gzip
+import os
+import pathlib
+import tracemalloc
+import zlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -48,18 +54,43 @@ def test_toy_classes_are_separable_by_their_curves():
     assert np.mean(predicted == ds.y_test) == 1.0
 
 
-@pytest.mark.parametrize("call, exception, pattern", [
-    (lambda: data.toy(0), TypeError, r"toy: key must be a JAX PRNG key.*jax\.random\.key\(0\)"),
-    (lambda: data.toy(jax.random.key(0), kind="circles"), ValueError, r"toy: unknown kind 'circles'"),
-    (lambda: data.toy(jax.random.key(0), n=1), ValueError, r"toy: n must be an int >= 2"),
-    (lambda: data.toy(jax.random.key(0), noise=-1.0), ValueError, r"toy: noise must be >= 0"),
-    (lambda: data.toy(jax.random.key(0), test_fraction=1.0), ValueError, r"toy: test_fraction must be in \(0, 1\)"),
-    (lambda: data.toy(jax.random.key(0), n=2, test_fraction=0.1), ValueError, r"toy: test_fraction=0.1 leaves the test set empty \(2 examples\)"),
-    (lambda: data.digits(test_fraction=0.001), ValueError, r"digits: test_fraction=0.001 leaves the test set empty"),
-], ids=["int-key", "kind", "n", "noise", "fraction", "empty-test", "digits-empty-test"])
+KEY = jax.random.key(0)
+BAD_ARGUMENTS = [
+    ("int-key", lambda: data.toy(0), TypeError, r"toy: key must be a JAX PRNG key.*, got 0; pass jax\.random\.key\(0\)"),
+    ("none-key", lambda: data.toy(None), TypeError, r"toy: key must be a JAX PRNG key \(one, not a batch\), got None; pass jax\.random\.key\(0\)"),
+    ("keys", lambda: data.toy(jax.random.split(KEY, 2)), TypeError, r"toy: key must be a JAX PRNG key \(one, not a batch\), got an array of key<fry>\(2,\)"),
+    ("kind", lambda: data.toy(KEY, kind="circles"), ValueError, r"toy: unknown kind 'circles'"),
+    ("n", lambda: data.toy(KEY, n=1), ValueError, r"toy: n must be an int >= 2"),
+    ("n-float", lambda: data.toy(KEY, n=100.0), ValueError, r"toy: n must be an int >= 2 \(one point per class\), got 100\.0"),
+    ("noise", lambda: data.toy(KEY, noise=-1.0), ValueError, r"toy: noise must be a finite number >= 0, got -1\.0; e\.g\. 0\.1"),
+    ("noise-nan", lambda: data.toy(KEY, noise=float("nan")), ValueError, r"toy: noise must be a finite number >= 0, got nan"),
+    ("noise-inf", lambda: data.toy(KEY, noise=np.inf), ValueError, r"toy: noise must be a finite number >= 0, got inf"),
+    ("noise-str", lambda: data.toy(KEY, noise="0.1"), ValueError, r"toy: noise must be a finite number >= 0, got '0\.1'"),
+    ("noise-none", lambda: data.toy(KEY, noise=None), ValueError, r"toy: noise must be a finite number >= 0, got None"),
+    ("fraction", lambda: data.toy(KEY, test_fraction=1.0), ValueError, r"toy: test_fraction must be in \(0, 1\)"),
+    ("fraction-str", lambda: data.toy(KEY, test_fraction="0.25"), TypeError, r"toy: test_fraction must be a float, got '0\.25'"),
+    ("empty-test", lambda: data.toy(KEY, n=2, test_fraction=0.1), ValueError, r"toy: test_fraction=0.1 leaves the test set empty \(2 examples\)"),
+    ("digits-empty-test", lambda: data.digits(test_fraction=0.001), ValueError, r"digits: test_fraction=0.001 leaves the test set empty"),
+    ("digits-seed", lambda: data.digits(seed=-1), ValueError, r"digits: seed must be an int in \[0, 2\*\*32\), got -1; e\.g\. seed=0"),
+    ("digits-seed-str", lambda: data.digits(seed="0"), ValueError, r"digits: seed must be an int in \[0, 2\*\*32\), got '0'"),
+    ("digits-seed-none", lambda: data.digits(seed=None), ValueError, r"digits: seed must be an int in \[0, 2\*\*32\), got None"),
+    ("load-seed-float", lambda: data.load("toy", seed=1.5), ValueError, r"load: seed must be an int in \[0, 2\*\*32\), got 1\.5"),
+    ("load-seed-big", lambda: data.load("toy", seed=2**64), ValueError, r"load: seed must be an int in \[0, 2\*\*32\), got 18446744073709551616"),
+]
+
+
+@pytest.mark.parametrize("call, exception, pattern", [t[1:] for t in BAD_ARGUMENTS],
+                         ids=[t[0] for t in BAD_ARGUMENTS])
 def test_toy_and_digits_bad_arguments(call, exception, pattern):
     with pytest.raises(exception, match=pattern):
         call()
+
+
+def test_numpy_and_jax_scalars_are_accepted_where_python_numbers_are():
+    want = data.toy(KEY, n=100, noise=0.1, test_fraction=0.25)
+    got = data.toy(KEY, n=np.int64(100), noise=jnp.float32(0.1), test_fraction=np.float32(0.25))
+    np.testing.assert_array_equal(got.y_train, want.y_train)
+    assert data.digits(seed=np.int64(3), size=np.int64(16)).example_shape == (256,)
 
 
 # --- digits ----------------------------------------------------------------------
@@ -146,6 +177,74 @@ def test_idx_malformed_files_raise_value_error_naming_the_file(tmp_path, content
     assert err.match(pattern)
 
 
+def test_idx_whose_header_overflows_int64_is_truncated_not_miscounted(tmp_path):
+    path = tmp_path / "huge"
+    path.write_bytes(bytes([0, 0, 0x08, 3]) + np.full(3, 2**31 - 1, ">i4").tobytes())
+    with pytest.raises(ValueError, match=rf"read_idx: '.*huge' is truncated: shape \(2147483647, "
+                       rf"2147483647, 2147483647\) of uint8 needs {(2**31 - 1) ** 3} data bytes "
+                       r"but the file has 0"):
+        data.read_idx(path)
+
+
+def test_a_gzip_bomb_is_refused_without_inflating_it(tmp_path):
+    # a header for 10 bytes, then 50 MB of zeros: 50 KB on disk
+    squeeze = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: the gzip format
+    chunks = [squeeze.compress(bytes([0, 0, 0x08, 1, 0, 0, 0, 10]))]
+    chunks += [squeeze.compress(bytes(1 << 20)) for _ in range(50)] + [squeeze.flush()]
+    path = tmp_path / "bomb.gz"
+    path.write_bytes(b"".join(chunks))
+    assert path.stat().st_size < 100_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"read_idx: '.*bomb\.gz' is longer than its header "
+                           r"says: shape \(10,\) of uint8 needs 10 data bytes but the file has more"):
+            data.read_idx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 5 << 20  # the 50 MB were never inflated
+
+
+@pytest.mark.parametrize("content, pattern", [
+    (gzip.compress(_good_idx()[:-1]), r"is truncated: shape \(2, 3\) of uint8 needs 6 data bytes but the file has 5"),
+    (gzip.compress(_good_idx() + b"\x00"), r"is longer than its header says: .* but the file has more"),
+    (gzip.compress(bytes([0, 0, 0x08, 3, 0, 0, 0, 2])), r"is truncated: its header declares 3 dimensions \(16 header bytes\) but the file has 8 bytes"),
+], ids=["data", "extra", "header"])
+def test_gzipped_idx_of_the_wrong_length(tmp_path, content, pattern):
+    path = tmp_path / "bad.gz"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"read_idx: '.*bad\.gz' " + pattern):
+        data.read_idx(path)
+
+
+def test_idx_paths_that_are_no_files_are_named(tmp_path, monkeypatch):
+    with pytest.raises(IsADirectoryError, match=r"^read_idx: '.*' is a directory; pass one IDX file "
+                       r"in it, such as '.*train-images-idx3-ubyte'$"):
+        data.read_idx(tmp_path)
+    with pytest.raises(IsADirectoryError, match=r"^write_idx: cannot write '.*': Is a directory; "
+                       r"pass a file path in an existing, writable folder with free space$"):
+        data.write_idx(tmp_path, np.zeros(3, np.uint8))
+    with pytest.raises(FileNotFoundError, match=r"^write_idx: cannot write '.*no-folder.x': No such "
+                       r"file or directory; pass a file path in an existing, writable folder "
+                       r"with free space$"):
+        data.write_idx(tmp_path / "no-folder" / "x", np.zeros(3, np.uint8))
+    path = tmp_path / "locked"
+    data.write_idx(path, np.zeros(3, np.uint8))
+    path.chmod(0)
+    if os.geteuid() == 0:  # root reads any file: fail the open as the kernel does for a user
+        real = pathlib.Path.open
+
+        def open_as_user(self, *args, **kwargs):
+            if self == path:
+                raise PermissionError(errno.EACCES, "Permission denied", str(self))
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(pathlib.Path, "open", open_as_user)
+    with pytest.raises(PermissionError, match=r"^read_idx: cannot read '.*locked': permission "
+                       r"denied; make it readable \(chmod u\+r\) or copy it$"):
+        data.read_idx(path)
+
+
 def test_idx_missing_file_and_unsupported_dtype(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"read_idx: no file at '.*nothing-here'"):
         data.read_idx(tmp_path / "nothing-here")
@@ -206,6 +305,17 @@ def test_mnist_inconsistent_files(tmp_path):
         data.mnist(tmp_path)
     data.write_idx(tmp_path / "train-labels-idx1-ubyte", np.full(20, 10, np.uint8))
     with pytest.raises(ValueError, match=r"has label 10; MNIST labels must be in \[0, 10\)"):
+        data.mnist(tmp_path)
+
+
+@pytest.mark.parametrize("split", ["train", "t10k"])
+def test_mnist_without_images_names_the_file(tmp_path, split):
+    _write_mnist(tmp_path)
+    data.write_idx(tmp_path / f"{split}-images-idx3-ubyte", np.zeros((0, 28, 28), np.uint8))
+    data.write_idx(tmp_path / f"{split}-labels-idx1-ubyte", np.zeros(0, np.uint8))
+    with pytest.raises(ValueError, match=rf"^mnist: '.*{split}-images-idx3-ubyte' has no images "
+                       r"\(shape \(0, 28, 28\)\); each split needs at least one image of at "
+                       r"least one pixel; write or download it again$"):
         data.mnist(tmp_path)
 
 
