@@ -202,6 +202,13 @@ class _Problem:
             raise TypeError(
                 f"check_vjp: no floating-point leaf among the args of {_name(fn)} (integer "
                 f"leaves are held fixed); pass float arrays to differentiate")
+        for path, v, d in zip(paths, values, self.is_diff):
+            bad = int(np.size(v) - np.count_nonzero(np.isfinite(v))) if d else 0
+            if bad:
+                raise ValueError(
+                    f"check_vjp: {path} holds {bad} non-finite values (NaN or inf) of {np.size(v)}; a "
+                    f"gradient check there compares nothing (NaN equals NaN in every row); pass finite "
+                    f"inputs, and test NaN propagation by comparing fn(x) with the reference directly")
         self.paths = [p for p, d in zip(paths, self.is_diff) if d]
         self.diff = [v for v, d in zip(values, self.is_diff) if d]
         self.fixed = [v for v, d in zip(values, self.is_diff) if not d]

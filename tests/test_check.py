@@ -327,3 +327,12 @@ def test_user_custom_vjp_rule():
     x = jax.random.normal(jax.random.key(0), (8, 16))
     report = check_vjp(swish, x, reference=swish_plain, second_order=True)
     print(report)  # pytest -s shows the table; a failure raises with it
+
+
+@pytest.mark.parametrize("bad", [jnp.nan, jnp.inf])
+def test_a_check_over_non_finite_inputs_says_it_checks_nothing(bad):
+    off = lambda x: jnp.sin(x) * 1.01  # noqa: E731  (1% off: any real check fails it)
+    with pytest.raises(ValueError, match=r"check_vjp: args\[0\] holds 3 non-finite values .* compares nothing"):
+        check_vjp(off, jnp.full(3, bad, jnp.float32), reference=jnp.sin)
+    with pytest.raises(GradientCheckError):
+        check_vjp(off, jnp.ones(3, jnp.float32), reference=jnp.sin)
