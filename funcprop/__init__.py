@@ -8,59 +8,16 @@ from funcprop.xla_flags import apply_cpu_flags
 
 apply_cpu_flags()  # before JAX's first compilation; see funcprop/xla_flags.py
 
-from funcprop.rules import (  # noqa: E402
-    avg_pool2d,
-    conv2d,
-    max_pool2d,
-    check_labels,
-    dense,
-    dropout,
-    embedding,
-    gelu,
-    layer_norm,
-    leaky_relu,
-    log_softmax,
-    mse,
-    relu,
-    rms_norm,
-    sigmoid,
-    sigmoid_binary_cross_entropy,
-    softmax,
-    softmax_cross_entropy,
-    softplus,
-    tanh,
-)
+from importlib import metadata as _metadata
 
+from funcprop import rules  # noqa: E402
+from funcprop.rules import *  # noqa: E402, F403  (every rule: the one export list is rules.__all__)
 from funcprop import backprop, check, checkpoint, data, nn, train, xla_flags  # noqa: E402  (submodules)
 
-__version__ = "0.1.0"
+try:
+    __version__ = _metadata.version("funcprop")  # one version: pyproject.toml's
+except _metadata.PackageNotFoundError:  # run from a source tree that is not installed
+    __version__ = "0+unknown"
 
-__all__ = [
-    "avg_pool2d",
-    "conv2d",
-    "max_pool2d",
-    "backprop",
-    "check",
-    "checkpoint",
-    "data",
-    "nn",
-    "train",
-    "xla_flags",
-    "check_labels",
-    "dense",
-    "dropout",
-    "embedding",
-    "gelu",
-    "layer_norm",
-    "leaky_relu",
-    "log_softmax",
-    "mse",
-    "relu",
-    "rms_norm",
-    "sigmoid",
-    "sigmoid_binary_cross_entropy",
-    "softmax",
-    "softmax_cross_entropy",
-    "softplus",
-    "tanh",
-]
+SUBMODULES = ["backprop", "check", "checkpoint", "data", "nn", "rules", "train", "xla_flags"]
+__all__ = [*rules.__all__, *SUBMODULES]
