@@ -10,26 +10,19 @@ compiled temporary memory (``memory_analysis``); time is the median of repeated 
 import argparse
 import json
 import pathlib
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 
 from funcprop import backprop, plots
+from funcprop.timing import median_seconds
 
 
 def measure(fn, args, repeats: int):
     compiled = jax.jit(fn).lower(*args).compile()
     memory = compiled.memory_analysis()
     temp = memory.temp_size_in_bytes + memory.output_size_in_bytes if memory is not None else float("nan")
-    jax.block_until_ready(compiled(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), temp
+    return median_seconds(lambda: compiled(*args), repeats), temp
 
 
 def main(argv=None):

@@ -15,25 +15,17 @@ Two tables, medians of repeated calls:
 import argparse
 import json
 import pathlib
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from funcprop import nn, shuffle, train
+from funcprop import nn, shuffle, timing, train
 from funcprop.rules.losses import softmax_cross_entropy
 
 
 def median_seconds(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return timing.median_seconds(lambda: fn(*args), repeats)
 
 
 def shuffle_times(sizes, repeats):

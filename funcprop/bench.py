@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 from funcprop import nn, train
+from funcprop.timing import timer
 from funcprop.bench_cases import CASES, QUICK_CASES, Case, case_data, case_flops
 from funcprop.rules.losses import softmax_cross_entropy
 
@@ -94,19 +95,22 @@ def matmul_rates(sizes=PEAK_SIZES["cpu"], dtype=jnp.float32, repeats: int = 10) 
     f = jax.jit(lambda a, b: a @ b)
     for n in sizes:
         a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-        run = _timer(lambda: f(a, a))
+        run = timer(lambda: f(a, a))
         run(1)  # compile
         rates[n] = 2 * n**3 / min(run(1) for _ in range(repeats))
     return rates
 
 
 def _time_jax(step, state, x, y, steps):
-    params, opt_state = state
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        params, opt_state, value = step(params, opt_state, x, y)
-    jax.block_until_ready(value)
-    return (time.perf_counter() - t0) / steps, (params, opt_state)
+    """Seconds per step of ``step(params, opt_state, x, y)``, and the state it ends in."""
+    held = [state]
+
+    def call():
+        params, opt_state, value = step(*held[0], x, y)
+        held[0] = (params, opt_state)
+        return value
+
+    return timer(call)(steps), held[0]
 
 
 def _halves(model, optimizer, params0, x, y) -> tuple[dict, float]:
@@ -127,20 +131,7 @@ def _halves(model, optimizer, params0, x, y) -> tuple[dict, float]:
         state[:] = update(*state, grads)
         return state
 
-    return {"gradient alone": _timer(lambda: grad(params0, x, y)), "update alone": _timer(update_once)}, _flops(grad)
-
-
-def _timer(call):
-    """``runner(steps) -> seconds per call`` of ``call()``, waiting for the last result."""
-
-    def run(steps):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            out = call()
-        jax.block_until_ready(out)
-        return (time.perf_counter() - t0) / steps
-
-    return run
+    return {"gradient alone": timer(lambda: grad(params0, x, y)), "update alone": timer(update_once)}, _flops(grad)
 
 
 def _interleaved(runners: dict, rounds: int, steps: int, x, y) -> dict:
@@ -248,8 +239,8 @@ def epoch_throughput(case: Case, *, batches: int, with_torch: bool, repeats: int
         loop_state = (params, opt_state)
         return value
 
-    _timer(run_loop)(1)  # compile
-    times = _interleaved({"scan": _timer(run_epoch), "loop": _timer(run_loop)}, repeats, 1, x, y)
+    timer(run_loop)(1)  # compile
+    times = _interleaved({"scan": timer(run_epoch), "loop": timer(run_loop)}, repeats, 1, x, y)
     out = {"case": case.name, "steps_per_epoch": batches,
            "scan_epoch_steps_per_s": batches / statistics.median(times["scan"]),
            "python_loop_steps_per_s": batches / statistics.median(times["loop"])}

@@ -4,14 +4,19 @@ and under ``torch.compile``. Imported only when PyTorch is installed."""
 from __future__ import annotations
 
 import os
-import statistics
-import time
 
 import numpy as np
+
+from funcprop.timing import median_seconds, timer
 
 # OpenMP threads that spin after each op would steal the cores from the JAX variant
 # timed next; let them sleep instead (read when torch is first imported).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _read_loss(loss) -> float:
+    """Wait for a PyTorch step: reading its loss synchronizes."""
+    return float(loss.detach())
 
 
 def available() -> bool:
@@ -114,11 +119,7 @@ def _best_threads(step, xt, yt) -> int:
     for threads in sorted({1, os.cpu_count() or 1}):
         torch.set_num_threads(threads)
         step(xt, yt)
-        t0 = time.perf_counter()
-        for _ in range(10):
-            loss = step(xt, yt)
-        float(loss.detach())
-        timings[threads] = time.perf_counter() - t0
+        timings[threads] = timer(lambda: step(xt, yt), _read_loss)(10)
     return min(timings, key=timings.get)
 
 
@@ -151,11 +152,7 @@ def runners(case, x: np.ndarray, y: np.ndarray, log=print) -> dict:
 
         def run(steps, step=step, threads=threads):
             torch.set_num_threads(threads)
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                loss = step(xt, yt)
-            float(loss.detach())
-            return (time.perf_counter() - t0) / steps
+            return timer(lambda: step(xt, yt), _read_loss)(steps)
 
         run.threads = threads
         out[label] = run
@@ -170,12 +167,10 @@ def epoch_steps_per_s(case, xb: np.ndarray, yb: np.ndarray, repeats: int) -> flo
     model = build(case)
     step = _step_fn(model, torch.optim.Adam(model.parameters(), lr=1e-3))
     torch.set_num_threads(_best_threads(step, torch.from_numpy(xb[0]), torch.from_numpy(yb[0])))
-    times = []
-    for r in range(repeats + 1):
-        t0 = time.perf_counter()
+
+    def epoch():
         for i in range(xb.shape[0]):
             loss = step(torch.from_numpy(xb[i]), torch.from_numpy(yb[i]))
-        float(loss.detach())
-        if r:
-            times.append(time.perf_counter() - t0)
-    return xb.shape[0] / statistics.median(times)
+        return loss
+
+    return xb.shape[0] / median_seconds(epoch, repeats, wait=_read_loss)
