@@ -6,7 +6,7 @@ Two tables, medians of repeated calls:
 
 - one shuffle of n examples: ``jax.random.permutation`` (sorts random keys) against
   ``funcprop.shuffle.permutation`` (one elementwise pass and a compaction);
-- the seed net's training epoch (2-4-7-3-2, batch 64, Adam), per step, built as
+- the notes' net's training epoch (2-4-7-3-2, batch 64, Adam), per step, built as
   ``train.make_epoch`` builds it: shuffled by ``funcprop.shuffle.permutation`` (what
   ``make_epoch`` uses), shuffled by ``jax.random.permutation``, and a scan over
   batches that are not shuffled at all, the floor for the steps.
@@ -40,7 +40,7 @@ def shuffle_times(sizes, repeats):
 
 
 def seed_epoch_times(batches: int, repeats: int):
-    """Microseconds per step of the seed net's epoch, three ways."""
+    """Microseconds per step of the notes' net's epoch, three ways."""
     model = nn.mlp([2, 4, 7, 3, 2], activation="sigmoid")
     _, params = model.init(jax.random.key(0), (2,))
     batch, n = 64, 64 * batches

@@ -1,4 +1,4 @@
-"""The seed's 2-4-7-3-2 sigmoid network on two moons: decision boundary and loss curve.
+"""The notes' 2-4-7-3-2 sigmoid network on two moons: decision boundary and loss curve.
 
     python experiments/train_toy.py            # writes runs/toy/{boundary,curves}.png
 

@@ -1,4 +1,4 @@
-"""Backpropagation written out: the seed's recursion over any network, in plain code.
+"""Backpropagation written out: the notes' recursion over any network, in plain code.
 
 Forward, keeping what each rule's fwd returns::
 

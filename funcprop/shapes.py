@@ -40,7 +40,7 @@ def _table(header, rows, title) -> str:
 
 def mlp_table(sizes, batch=None, activation="sigmoid") -> str:
     """Per dense layer k of ``mlp(sizes)``, the shapes of h, Ω, β, f, δ, ∂L/∂Ω, ∂L/∂β
-    and ∂L/∂h. Without ``batch`` one example is shown, as in the seed's walkthrough."""
+    and ∂L/∂h. Without ``batch`` one example is shown, as in the notes' walkthrough."""
     model = nn.mlp(list(sizes), activation=activation)
     params, grads, traces = _pass(model, (sizes[0],), batch)
     header = ["layer", "h_k", "Ω_k", "β_k", "f_k", "δ_k = ∂L/∂f_k", "∂L/∂Ω_k", "∂L/∂β_k", "∂L/∂h_k"]

@@ -1,9 +1,9 @@
 """Shuffling without a sort: a keyed Feistel bijection, filtered to ``[0, n)``.
 
 ``jax.random.permutation`` sorts random keys (two rounds of ``sort_key_val`` from a
-couple of thousand examples on). XLA:CPU sorts at about 0.15 µs per element and round,
-so on the seed net's 4096-example epoch the shuffle alone cost ~20 µs per training
-step, twice the step itself (``docs/benchmarks.md``, ``experiments/shuffle_cost.py``).
+couple of thousand examples on), and on XLA:CPU that sort can cost more than a small
+model's training step (the figures are in ``docs/benchmarks.md``, measured by
+``experiments/shuffle_cost.py``).
 From :data:`SORT_BELOW` examples on, :func:`permutation` costs one elementwise pass
 and a compaction instead:
 
@@ -16,7 +16,7 @@ and a compaction instead:
   permutation of ``[0, n)``. The domain is under ``2n``, so the cost is bounded: one
   pass over fewer than ``2n`` indices and a ``nonzero`` (a cumulative sum, no sort).
 
-Below :data:`SORT_BELOW` examples the sort is cheap (under 1 ms) and a Feistel network
+Below :data:`SORT_BELOW` examples the sort is cheap and a Feistel network
 on so few bits draws orders visibly unevenly, so :func:`permutation` returns
 ``jax.random.permutation(key, n)`` there. Above it, the order is a pseudo-random
 permutation, good for shuffling minibatches; it is not ``jax.random.permutation``'s

@@ -66,7 +66,7 @@ def loss_and_grad(model, loss: Callable = softmax_cross_entropy, gradient: str =
     """
     if gradient not in GRADIENTS:
         raise ValueError(f"loss_and_grad: gradient must be one of {GRADIENTS}, got {gradient!r}")
-    is_layer = isinstance(model, tuple) and len(model) == 2
+    is_layer = nn.is_layer(model)
     if is_layer:
         model = nn.as_layer("loss_and_grad", 0, model)  # a stax pair too (it has no structure)
     apply = model.apply if is_layer else model
@@ -408,7 +408,7 @@ def train(
     if resume and checkpoint_path is None:
         raise ValueError("train: resume=True needs checkpoint_path, the checkpoint to continue from; pass it, "
                          "or leave resume=False to start fresh")
-    apply = model.apply if isinstance(model, nn.Layer) else model
+    apply = nn.as_layer("train", 0, model).apply if nn.is_layer(model) else model
     check_data(data, apply, params, loss)
     accuracy = accuracy_kind(loss, data.y_test) if len(data.x_test) else None
     if target_accuracy is not None and accuracy is None:

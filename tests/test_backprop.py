@@ -53,7 +53,7 @@ def test_backprop_equals_autodiff_through_rules_and_twins(activation, loss_name)
 
 
 def test_seed_network_intermediates_follow_the_recursion():
-    """δ_k hᵀ, Ωᵀ δ, a'(f) ⊙ ∂L/∂h, layer by layer, as in the seed's walkthrough."""
+    """δ_k hᵀ, Ωᵀ δ, a'(f) ⊙ ∂L/∂h, layer by layer, as in the notes' walkthrough."""
     model, params, x, y = _problem("sigmoid", "softmax_cross_entropy", sizes=(2, 4, 7, 3, 2), batch=5)
     value, grads, traces = jax.jit(
         backprop.value_and_grad(model, fp.softmax_cross_entropy, return_intermediates=True)

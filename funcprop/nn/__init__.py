@@ -21,7 +21,7 @@ policy), ``dense``, ``conv``, ``norm``, ``embedding``, ``dropout`` (the leaves),
 combinators and the twin), ``models`` (mlp, cnn, resmlp, resnet), ``init``.
 """
 
-from funcprop.nn._layer import Layer, LayerRules, Node, as_layer, layer_name
+from funcprop.nn._layer import Layer, LayerRules, Node, as_layer, is_layer, layer_name
 from funcprop.nn.compose import (
     FanInConcat,
     FanInSum,
@@ -92,6 +92,7 @@ __all__ = [
     "Softplus",
     "Tanh",
     "as_layer",
+    "is_layer",
     "cnn",
     "elementwise",
     "from_rule",

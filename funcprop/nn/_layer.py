@@ -153,11 +153,16 @@ def layer_name(layer: Layer) -> str:
     return layer.name if isinstance(layer, Layer) else getattr(layer[1], "__name__", "layer")
 
 
+def is_layer(value) -> bool:
+    """True for a :class:`Layer` or a stax-style ``(init, apply)`` pair of functions."""
+    return isinstance(value, Layer) or (isinstance(value, tuple) and len(value) == 2 and all(map(callable, value)))
+
+
 def as_layer(fn: str, i, layer) -> Layer:
     """``layer`` as a :class:`Layer` (a stax-style pair is accepted), or a TypeError."""
     if isinstance(layer, Layer):
         return layer
-    if isinstance(layer, tuple) and len(layer) == 2 and all(map(callable, layer)):
+    if is_layer(layer):
         return Layer(*layer)
     raise TypeError(
         f"{fn}: argument {i} must be a Layer(init, apply), got {type(layer).__name__}; "

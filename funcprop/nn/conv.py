@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from funcprop.nn._layer import Layer, leaf
 from funcprop.nn.factory import from_rule, layer_dtypes
-from funcprop.nn.init import _initializer
+from funcprop.nn.init import initializer
 from funcprop.rules._core import positive_int
 from funcprop.rules._spatial import pair, padding_spec
 from funcprop.rules.conv import conv2d
@@ -42,7 +42,7 @@ def Conv2D(c_out: int, kernel_size, *, stride=1, padding="VALID", dilation=1, w_
     padding = padding_spec("Conv2D", padding)
     dilated = "" if dilation == (1, 1) else f", dilation {dilation[0]}x{dilation[1]}"
     name = f"Conv2D({c_out}, {window[0]}x{window[1]}, stride {stride[0]}x{stride[1]}, {padding}{dilated})"
-    w_init, b_init = _initializer(name, w_init), _initializer(name, b_init)
+    w_init, b_init = initializer(name, w_init), initializer(name, b_init)
     dtype, param_dtype = layer_dtypes(name, dtype, param_dtype)
 
     def make_params(key, input_shape, param_dtype):

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from funcprop.nn._layer import Layer
 from funcprop.nn.factory import from_rule, layer_dtypes
-from funcprop.nn.init import _initializer
+from funcprop.nn.init import initializer
 from funcprop.rules._core import positive_int
 from funcprop.rules import activations
 from funcprop.rules.linear import dense
@@ -39,7 +39,7 @@ def Dense(n_out: int, *, w_init="lecun_normal", b_init="zeros", dtype=None, para
     """
     n_out = positive_int("Dense", "n_out", n_out)
     name = f"Dense({n_out})"
-    w_init, b_init = _initializer(name, w_init), _initializer(name, b_init)
+    w_init, b_init = initializer(name, w_init), initializer(name, b_init)
     dtype, param_dtype = layer_dtypes(name, dtype, param_dtype)
 
     def make_params(key, input_shape, param_dtype):
@@ -106,4 +106,4 @@ ACTIVATIONS: dict[str, Callable[[], Layer]] = {
 }
 
 # The initialiser suited to each activation: He for the relu family, Glorot otherwise.
-_DEFAULT_W_INIT = {"relu": "he_normal", "leaky_relu": "he_normal", "gelu": "he_normal"}
+DEFAULT_W_INIT = {"relu": "he_normal", "leaky_relu": "he_normal", "gelu": "he_normal"}

@@ -60,7 +60,9 @@ INITIALIZERS = {
 }
 
 
-def _initializer(fn: str, init):
+def initializer(fn: str, init):
+    """``init`` as a function: itself if callable, else the :data:`INITIALIZERS` entry of
+    that name, or a ValueError naming ``fn``."""
     if callable(init):
         return init
     if init in INITIALIZERS:

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from funcprop.nn._layer import Layer
 from funcprop.nn.compose import FanInSum, FanOut, parallel, residual, serial
 from funcprop.nn.conv import Conv2D, Flatten, MaxPool2D
-from funcprop.nn.dense import _DEFAULT_W_INIT, ACTIVATIONS, Dense, Relu
+from funcprop.nn.dense import DEFAULT_W_INIT, ACTIVATIONS, Dense, Relu
 from funcprop.nn.dropout import Dropout
 from funcprop.nn.norm import LayerNorm
 from funcprop.rules._core import positive_int
@@ -32,7 +32,7 @@ def mlp(
     """A multilayer perceptron: Dense, activation, ..., Dense (the last gives logits).
 
     Args:
-      sizes: layer widths including the input: ``[2, 4, 7, 3, 2]`` is the seed's
+      sizes: layer widths including the input: ``[2, 4, 7, 3, 2]`` is the notes'
         network, Ω_0: (4, 2), ..., Ω_3: (2, 3). ``init`` checks the input shape.
       activation: a name from ``ACTIVATIONS``.
       w_init: the weight initialiser; by default He for relu, leaky_relu and gelu,
@@ -44,7 +44,7 @@ def mlp(
     if len(sizes) < 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes):
         raise ValueError(f"mlp: sizes must be at least two positive ints (input and output), got {sizes}")
     _check_activation("mlp", activation)
-    w_init = w_init or _DEFAULT_W_INIT.get(activation, "glorot_normal")
+    w_init = w_init or DEFAULT_W_INIT.get(activation, "glorot_normal")
     dense = dict(w_init=w_init, b_init=b_init, dtype=dtype, param_dtype=param_dtype)
     layers = []
     for n_out in sizes[1:-1]:
@@ -75,7 +75,7 @@ def resmlp(
     """
     positive_int("resmlp", "depth", depth)
     _check_activation("resmlp", activation)
-    w_init = _DEFAULT_W_INIT.get(activation, "glorot_normal")
+    w_init = DEFAULT_W_INIT.get(activation, "glorot_normal")
     kw = dict(dtype=dtype, param_dtype=param_dtype)
     act = ACTIVATIONS[activation]
 
