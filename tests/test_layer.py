@@ -1,5 +1,7 @@
 """The Layer type: a stax pair that carries its structure as data."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -97,3 +99,11 @@ def test_apply_refuses_params_made_for_another_width():
         nn.Dense(3).apply(wide[0], x[0])  # one example, no batch axis
     with pytest.raises(ValueError, match=r"Dense\(3\): params do not fit"):
         nn.Dense(3).apply((wide[0].omega[:3],), x)  # a leaf missing
+
+
+@pytest.mark.parametrize("layer, shape", [(nn.Dense(3), (0,)), (nn.Dense(3), (0, 4)), (nn.Conv2D(3, 2), (4, 4, 0)),
+                                          (nn.LayerNorm(), (0,)), (nn.RMSNorm(), (5, 0))],
+                         ids=["dense", "dense-empty-sequence", "conv", "layer-norm", "rms-norm"])
+def test_init_refuses_an_empty_example_axis_by_name(layer, shape):
+    with pytest.raises(ValueError, match=re.escape(f"{layer.name}: input_shape {shape} has an empty axis")):
+        layer.init(jax.random.key(0), shape)  # was ZeroDivisionError in the initialiser

@@ -138,6 +138,9 @@ def from_rule(
 
     def init(key, input_shape):
         input_shape = tuple(input_shape)
+        if make_params is not None and float_input and 0 in input_shape:
+            raise ValueError(f"{name}: input_shape {input_shape} has an empty axis, so the layer would have no "
+                             f"inputs to weigh; give every axis of an example at least one element")
         params = () if make_params is None else make_params(key, input_shape, param_dtype)
         spec = jax.ShapeDtypeStruct((1, *input_shape), input_dtype or dtype or param_dtype)
         out = jax.eval_shape(lambda p, x: rule.twin(*args(p, x)), params, spec)
