@@ -113,6 +113,14 @@ def test_backprop_checks_label_shapes():
         backprop.value_and_grad(model, fp.softmax_cross_entropy)(params, x, jnp.zeros(3, jnp.int32))
 
 
+def test_backprop_refuses_integer_inputs_as_the_rules_do():
+    model, params, x, y = _problem("relu", "softmax_cross_entropy")
+    with pytest.raises(TypeError, match=r"serial layer 0 \(Dense\(\d+\)\): dense: h must be a floating-point array, got dtype int32"):
+        backprop.value_and_grad(model, fp.softmax_cross_entropy)(params, x.astype(jnp.int32), y)
+    with pytest.raises(TypeError, match=r"dense: h must be a floating-point array, got dtype int32"):
+        model.apply(params, x.astype(jnp.int32))
+
+
 @pytest.mark.parametrize("activation", [fp.sigmoid, fp.tanh, fp.softplus, fp.gelu], ids=lambda f: f.__name__)
 def test_jacobian_formulation_equals_vjp_and_autodiff(activation):
     n, m = 5, 3
