@@ -19,41 +19,35 @@ altered byte, and any truncation, is caught before the archive is parsed.
 
 :func:`save` writes a temporary file beside the target, fsyncs it, reads it back and
 compares it with the tree, and only then renames it over the target with
-``os.replace``: a save that fails at any point leaves the previous checkpoint intact.
-The temporary is named ``.NAME.HOST-PID.RANDOM.tmp`` (a hash of the host name and the
-writer's process id): one left by a save that was killed is removed by the next save
-or load of NAME once its writer is gone (see :func:`_remove_stale_temporaries`).
+``os.replace`` (:mod:`funcprop.atomic`): a save that fails at any point leaves the
+previous checkpoint intact, and a temporary left by a save that was killed is removed
+by the next save or load of the same checkpoint once its writer is gone.
 :func:`load` restores into the structure of a template (as flax/orbax restore with a
 target) and checks key paths, shapes and dtypes against it.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import json
 import os
 import pathlib
 import re
-import secrets
-import socket
-import time
 import zipfile
-import zlib
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from funcprop import atomic
+
 _VERSION = 1
 _HEADER = "__funcprop__"
 _DIGEST_HEX = 64
 _PYTHON_SCALARS = (bool, int, float, complex)
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member times: the same tree, the same bytes
-_HOST = f"{zlib.crc32(socket.gethostname().encode()):08x}"  # in temporary files' names
-_STALE_AFTER_S = 3600  # a temporary of another host (or no PID) untouched this long
 
 
 class CheckpointError(ValueError):
@@ -95,21 +89,6 @@ def _storable(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array).view(f"u{array.dtype.itemsize}")
 
 
-def _os_error(like: OSError, message: str) -> OSError:
-    """``message`` as an error of ``like``'s class and errno, so ``except`` still matches."""
-    err = type(like)(message)
-    err.errno = like.errno
-    return err
-
-
-def _refuse_directory(fn: str, path: pathlib.Path) -> None:
-    if path.is_dir():
-        raise IsADirectoryError(
-            f"{fn}: '{path}' is a directory, not a checkpoint file; pass a file path "
-            f"such as '{path / 'checkpoint.npz'}'"
-        )
-
-
 def _json_default(value):
     """Let NumPy and JAX scalars (an epoch from ``np.int64``) into the metadata."""
     if isinstance(value, (np.generic, np.ndarray, jax.Array)) and np.ndim(value) == 0:
@@ -147,19 +126,7 @@ def save(path, tree, *, metadata: dict | None = None) -> pathlib.Path:
       CheckpointError: if the file read back differs from ``tree``.
     """
     path = pathlib.Path(path)
-    _refuse_directory("save", path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(
-            f"save: the directory '{path.parent}' of '{path}' does not exist; "
-            f"create it first"
-        )
-    # os.replace would replace a read-only file (the folder's mode decides); root's
-    # os.access allows everything, hence the mode bits as well.
-    if path.exists() and not (path.stat().st_mode & 0o222 and os.access(path, os.W_OK)):
-        raise PermissionError(
-            f"save: '{path}' is read-only, so it was not replaced (it is kept as it "
-            f"is); make it writable (chmod u+w) or choose another path"
-        )
+    atomic.check_target("save", path, "checkpoint.npz", "a checkpoint file")  # before any work
     metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict):
         raise TypeError(f"save: metadata must be a dict, got {type(metadata).__name__}")
@@ -183,65 +150,9 @@ def save(path, tree, *, metadata: dict | None = None) -> pathlib.Path:
         sort_keys=True,
     )
 
-    _remove_stale_temporaries(path)
-    tmp = path.with_name(f".{path.name}.{_HOST}-{os.getpid()}.{secrets.token_hex(6)}.tmp")
-    try:
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
-                     0o666)
-    except OSError as err:
-        raise _os_error(err, (
-            f"save: cannot write '{path}': creating a file in its folder '{path.parent}' "
-            f"failed ({err.strerror}); make the folder writable or choose another path"
-        )) from None
-    try:
-        with os.fdopen(fd, "w+b") as f:
-            _write(f, header, [e["name"] for e in entries], leaves)
-            os.fsync(f.fileno())
-        _verify(tmp, leaves, entries, meta_json)
-        os.replace(tmp, path)
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        if not isinstance(err, OSError):
-            raise
-        full = err.errno == errno.ENOSPC
-        raise _os_error(err, (
-            f"save: writing '{path}' failed{': the disk is full' if full else ''} ({err}); "
-            f"the previous checkpoint (if any) is intact and the temporary file was "
-            f"removed; {'free some space' if full else 'check the disk'} or choose "
-            f"another path"
-        )) from None
-    _fsync_directory(path.parent)
-    return path
-
-
-def _remove_stale_temporaries(path: pathlib.Path) -> None:
-    """Remove the temporaries that killed saves to ``path`` left beside it.
-
-    One is stale if its writer ran on this host and that process is gone; one of
-    another host, or of a funcprop that did not name the writer (``.NAME.RANDOM.tmp``),
-    once it has not been modified for an hour. The temporary of a live writer on this
-    host is never removed. Best effort: what cannot be listed or removed is left.
-    """
-    pattern = re.compile(
-        rf"\.{re.escape(path.name)}\.(?:([0-9a-f]{{8}})-(\d+)\.)?[0-9a-f]{{12}}\.tmp")
-    try:
-        names = os.listdir(path.parent)
-    except OSError:
-        return
-    for match in filter(None, map(pattern.fullmatch, names)):
-        tmp = path.parent / match[0]
-        try:
-            if match[1] == _HOST and os.name == "posix":  # signal 0 only probes on POSIX
-                try:
-                    os.kill(int(match[2]), 0)
-                    continue  # the writer is alive
-                except ProcessLookupError:
-                    pass
-            elif time.time() - tmp.stat().st_mtime < _STALE_AFTER_S:
-                continue
-            tmp.unlink()
-        except (OSError, OverflowError):  # kill's EPERM: alive (another user's); or gone
-            pass
+    names = [e["name"] for e in entries]
+    return atomic.write("save", path, lambda f: _write(f, header, names, leaves),
+                        verify=lambda tmp: _verify(tmp, leaves, entries, meta_json), example="checkpoint.npz", what="a checkpoint file")
 
 
 def _write(f, header: str, names: list, leaves: list) -> None:
@@ -289,20 +200,6 @@ def _verify(tmp: pathlib.Path, leaves, entries, meta_json: str) -> None:
         )
 
 
-def _fsync_directory(directory: pathlib.Path) -> None:
-    """Make the rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 # --- load ------------------------------------------------------------------------
 
 
@@ -314,13 +211,13 @@ def _corrupted(path, what: str) -> CheckpointError:
 
 def _read(path: pathlib.Path) -> tuple[list, dict]:
     """The verified ``[(array, header entry), ...]`` and the metadata of a file."""
-    _refuse_directory("load", path)
+    atomic.refuse_directory("load", path, "checkpoint.npz", "a checkpoint file")
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f"load: no checkpoint at '{path}'") from None
     except PermissionError as err:
-        raise _os_error(err, (
+        raise atomic.os_error(err, (
             f"load: cannot read '{path}': permission denied; make it readable "
             f"(chmod u+r) or load a copy"
         )) from None
@@ -374,7 +271,7 @@ def load_flat(path) -> tuple[dict[str, np.ndarray], dict]:
       CheckpointError: if the file is corrupted.
     """
     path = pathlib.Path(path)
-    _remove_stale_temporaries(path)
+    atomic.remove_stale_temporaries(path)
     leaves, metadata = _read(path)
     return {entry["path"]: array for array, entry in leaves}, metadata
 
@@ -462,7 +359,7 @@ def load(path, like) -> tuple[Any, dict]:
         that differs).
     """
     path = pathlib.Path(path)
-    _remove_stale_temporaries(path)
+    atomic.remove_stale_temporaries(path)
     stored, metadata = _read(path)
     flat, treedef = jax.tree_util.tree_flatten_with_path(like)
     wanted = [jax.tree_util.keystr(key_path) for key_path, _ in flat]

@@ -9,6 +9,8 @@ import zlib
 
 import numpy as np
 
+from funcprop import atomic
+
 _IDX_DTYPES = {
     0x08: np.dtype("u1"),
     0x09: np.dtype("i1"),
@@ -115,7 +117,8 @@ def read_idx(path) -> np.ndarray:
 def write_idx(path, array) -> None:
     """Write ``array`` as an IDX file, gzip-compressed if ``path`` ends with ``.gz``.
 
-    The inverse of :func:`read_idx`. Supported dtypes: uint8, int8, int16, int32,
+    The inverse of :func:`read_idx`, written atomically (:mod:`funcprop.atomic`): a write
+    that fails leaves no partial file. Supported dtypes: uint8, int8, int16, int32,
     float32, float64.
 
     Raises:
@@ -142,12 +145,6 @@ def write_idx(path, array) -> None:
     payload = header + np.ascontiguousarray(array, _IDX_DTYPES[code]).tobytes()
     if path.name.endswith(".gz"):
         payload = gzip.compress(payload, mtime=0)
-    try:
-        path.write_bytes(payload)
-    except OSError as err:  # a directory, a missing or read-only folder, a full disk
-        raise type(err)(
-            f"write_idx: cannot write '{path}': {err.strerror}; pass a file path in an "
-            f"existing, writable folder with free space"
-        ) from None
+    atomic.write("write_idx", path, lambda f: f.write(payload), example="images.idx", what="an IDX file")
 
 

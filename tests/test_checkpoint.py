@@ -19,6 +19,7 @@ import numpy as np
 import optax
 import pytest
 
+from funcprop import atomic
 from funcprop import checkpoint as ckpt
 from funcprop.checkpoint import CheckpointError
 
@@ -383,7 +384,7 @@ def test_a_full_disk_says_so_and_that_the_checkpoint_is_intact(tmp_path, monkeyp
     with monkeypatch.context() as patch:
         _fail_midway(patch)
         with pytest.raises(OSError, match=r"^save: writing '.*c' failed: the disk is full "
-                           r"\(\[Errno 28\] No space left on device\); the previous checkpoint "
+                           r"\(\[Errno 28\] No space left on device\); the previous file "
                            r"\(if any\) is intact and the temporary file was removed; free some "
                            r"space or choose another path$") as err:
             ckpt.save(path, {"a": np.zeros(100)})
@@ -407,7 +408,7 @@ def test_stale_temporaries_are_removed_and_a_live_writers_is_kept(tmp_path, then
     path = ckpt.save(tmp_path / "c", {"step": 1})
     writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        host, other = ckpt._HOST, "%08x" % (int(ckpt._HOST, 16) ^ 1)
+        host, other = atomic.HOST, "%08x" % (int(atomic.HOST, 16) ^ 1)
         names = {  # name: (hours since it was last written, removed?)
             f".c.{host}-{_dead_pid()}.{'1' * 12}.tmp": (0, True),  # its writer is gone
             f".c.{host}-{writer.pid}.{'2' * 12}.tmp": (2, False),  # its writer is alive
@@ -455,7 +456,7 @@ def test_a_save_killed_mid_write_leaves_a_temporary_the_next_save_removes(tmp_pa
         _, stderr = child.communicate(timeout=60)
     assert line == "written\n", stderr
     (left,) = set(os.listdir(tmp_path)) - {"c"}
-    assert left.startswith(f".c.{ckpt._HOST}-{child.pid}.") and (tmp_path / left).stat().st_size > 8e6
+    assert left.startswith(f".c.{atomic.HOST}-{child.pid}.") and (tmp_path / left).stat().st_size > 8e6
     assert path.read_bytes() == before  # the old checkpoint is intact
     ckpt.save(path, {"a": np.ones(3)})
     assert os.listdir(tmp_path) == ["c"]

@@ -221,12 +221,11 @@ def test_idx_paths_that_are_no_files_are_named(tmp_path, monkeypatch):
     with pytest.raises(IsADirectoryError, match=r"^read_idx: '.*' is a directory; pass one IDX file "
                        r"in it, such as '.*train-images-idx3-ubyte'$"):
         data.read_idx(tmp_path)
-    with pytest.raises(IsADirectoryError, match=r"^write_idx: cannot write '.*': Is a directory; "
-                       r"pass a file path in an existing, writable folder with free space$"):
+    with pytest.raises(IsADirectoryError, match=r"^write_idx: '.*' is a directory, not an IDX file; "
+                       r"pass a file path such as '.*images.idx'$"):
         data.write_idx(tmp_path, np.zeros(3, np.uint8))
-    with pytest.raises(FileNotFoundError, match=r"^write_idx: cannot write '.*no-folder.x': No such "
-                       r"file or directory; pass a file path in an existing, writable folder "
-                       r"with free space$"):
+    with pytest.raises(FileNotFoundError, match=r"^write_idx: the directory '.*no-folder' of '.*no-folder.x' "
+                       r"does not exist; create it first$"):
         data.write_idx(tmp_path / "no-folder" / "x", np.zeros(3, np.uint8))
     path = tmp_path / "locked"
     data.write_idx(path, np.zeros(3, np.uint8))
