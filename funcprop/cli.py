@@ -1,20 +1,54 @@
 """The ``funcprop`` command line: shapes, verify, train, report (the main job) and bench.
 
-Bad arguments exit 2 with one line on stderr, never a traceback.
+Bad arguments exit 2 with one line on stderr, never a traceback, before any work
+starts: so does a flag that the run would ignore (``--hidden`` with ``--arch seed``) and
+an ``--out`` that is not a folder that can be written. Failures of the work itself (a
+checkpoint of other settings, a loss that became NaN, out of memory) exit 1 with one
+line. Ctrl-C and SIGTERM stop a command the same way (a checkpoint being written is
+left whole, its temporary file removed) and exit 128 + the signal's number, as a shell
+reports a process they killed: 130 for SIGINT, 143 for SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import pathlib
+import re
+import signal
 import sys
+import tempfile
+import threading
+
+
+def _shown(value) -> str:
+    """A value as it is typed on the command line: ``256 256`` for a list."""
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but an error is one line: ``funcprop shapes: error: ...``."""
+    """argparse, but an error is one line (``funcprop shapes: error: ...``) and --help shows every default."""
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def add_argument(self, *flags, fill_in=None, **kwargs):
+        """``add_argument``, with ``(default: ...)`` at the end of the help where there is a default.
+
+        ``fill_in=value``: an option that only some runs read. It parses to None when not
+        given, so that :func:`_settle` can refuse it where the run would ignore it, and
+        :func:`_settle` sets ``value`` where the run reads it; --help shows ``value``.
+        """
+        default = kwargs.get("default") if fill_in is None else fill_in
+        if fill_in is not None:
+            kwargs["default"] = None
+            dest = flags[0].lstrip("-").replace("-", "_")
+            self.set_defaults(fill_in={**(self.get_default("fill_in") or {}), dest: fill_in})
+        text = kwargs.get("help") or ""
+        if default is not None and default is not False and default != argparse.SUPPRESS and "(default" not in text:
+            kwargs["help"] = f"{text} (default: {_shown(default)})".lstrip()
+        return super().add_argument(*flags, **kwargs)
 
 
 class UsageError(Exception):
@@ -41,12 +75,64 @@ _seed = _checked(int, "an integer seed", lambda v: 0 <= v < 2**32, "a seed in [0
 _positive_float = _checked(float, "a positive number", lambda v: 0 < v < float("inf"), "a positive number")
 
 
+def _settle(args, **readers) -> None:
+    """Refuse a flag given where this run ignores it; fill in its default where the run reads it.
+
+    ``readers``: an option's dest -> (the option that decides, its values that read it),
+    e.g. ``hidden=("arch", ("mlp", "resmlp"))``. An option the run does not read stays
+    None, so that the recorded settings (config.json) hold only what ran.
+    """
+    for dest, (decider, values) in readers.items():
+        given, choice = getattr(args, dest), getattr(args, decider)
+        if choice in values and given is None:
+            setattr(args, dest, args.fill_in.get(dest))
+        elif choice not in values and given is not None:
+            flag = "--" + dest.replace("_", "-")
+            raise UsageError(f"--{decider} {choice} does not use {flag} (only --{decider} {' or '.join(values)} "
+                             f"reads it), got {flag} {_shown(given)}; leave it out")
+
+
+def _settings(args, *leave_out) -> dict:
+    """The options this run read, by dest (what config.json and the checkpoint record)."""
+    return {k: v for k, v in vars(args).items() if v is not None and k not in ("run", "fill_in", *leave_out)}
+
+
+def _out_folder(path) -> pathlib.Path:
+    """``--out``, checked before the work starts: a folder, or where one can be made, that can be written.
+
+    Nothing is created here (a run refused later leaves no empty folder): a file is
+    written and removed in the nearest folder that exists.
+    """
+    out = pathlib.Path(path)
+    if not str(path):
+        raise UsageError("--out is empty; pass a folder (it is created if missing)")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        inside = "" if existing == out else f" is inside {existing}, which"
+        raise UsageError(f"--out {path}{inside} is a file; pass a folder (it is created if missing)")
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as err:
+        raise UsageError(f"--out {path} cannot be written ({existing}: {err.strerror}); "
+                         f"pass a folder you can write to") from None
+    return out
+
+
+def _check_resmlp(args) -> None:
+    if args.arch == "resmlp" and len(set(args.hidden)) != 1:
+        got = f"--hidden {_shown(args.hidden)}" if args.hidden else "no widths"
+        raise UsageError(f"--arch resmlp needs --hidden with one width repeated, one entry per residual block "
+                         f"(e.g. --hidden 256 256), got {got}")
+
+
 # --- funcprop shapes --------------------------------------------------------------
 
 
 def _cmd_shapes(args) -> int:
     from funcprop import shapes
 
+    _settle(args, hidden=("arch", ("resmlp",)), activation=("arch", ("mlp", "resmlp")))
+    _check_resmlp(args)
     if args.arch == "mlp":
         if len(args.sizes) < 2:
             raise UsageError("shapes needs at least two layer sizes, e.g. funcprop shapes 2 4 7 3 2")
@@ -107,17 +193,16 @@ def _use_cache(args) -> None:
 
 
 def _cmd_verify(args) -> int:
+    out = None if args.out is None else _out_folder(args.out)
     _use_cache(args)
     import json
-    import pathlib
 
     from funcprop.verify import verification_markdown, verify_rules
 
     rows = verify_rules(seed=args.seed)
     table = verification_markdown(rows)
     print(table, end="")
-    if args.out:
-        out = pathlib.Path(args.out)
+    if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "verify.json").write_text(json.dumps(rows, indent=2))
         (out / "verify.md").write_text(table)
@@ -127,14 +212,10 @@ def _cmd_verify(args) -> int:
 def _load_dataset(args):
     from funcprop import data
 
-    if args.dataset == "mnist" and args.data_path is None:
-        raise UsageError("--dataset mnist needs --data-path DIR, a folder with the four MNIST IDX files")
     try:
         if args.dataset == "toy":
             import jax
 
-            if args.arch in IMAGE_ARCHS:
-                raise UsageError(f"--arch {args.arch} needs images; the toy dataset is 2-D points (use digits or mnist)")
             return data.toy(jax.random.key(args.seed), kind=args.toy_kind)
         return data.load(args.dataset, seed=args.seed, path=args.data_path, image=args.arch in IMAGE_ARCHS)
     except (FileNotFoundError, ValueError) as err:
@@ -142,37 +223,57 @@ def _load_dataset(args):
 
 
 def _cmd_train(args) -> int:
+    _settle(args, hidden=("arch", ("mlp", "resmlp")), activation=("arch", ("mlp", "resmlp")),
+            toy_kind=("dataset", ("toy",)), data_path=("dataset", ("mnist",)))
+    _check_resmlp(args)
+    if args.dataset == "mnist" and args.data_path is None:
+        raise UsageError("--dataset mnist needs --data-path DIR, a folder with the four MNIST IDX files")
+    if args.dataset == "toy" and args.arch in IMAGE_ARCHS:
+        raise UsageError(f"--arch {args.arch} needs images; the toy dataset is 2-D points (use digits or mnist)")
+    out = _out_folder(args.out)
     _use_cache(args)
     import json
-    import pathlib
 
     import jax
 
-    from funcprop import nn, plots, train
+    from funcprop import plots, train
 
     ds = _load_dataset(args)
-    if args.arch == "resmlp" and (not args.hidden or len(set(args.hidden)) != 1):
-        raise UsageError(f"--arch resmlp needs --hidden with one width repeated, one entry per residual block "
-                         f"(e.g. --hidden 256 256), got {args.hidden}")
-    model, title = build_model(args.arch, ds.example_shape, ds.num_classes, args.hidden, args.activation)
-    title = f"{ds.name}, {title}"
-    _, params = model.init(jax.random.key(args.seed), ds.example_shape)
     if args.batch_size > ds.x_train.shape[0]:
         raise UsageError(f"--batch-size {args.batch_size} exceeds the {ds.x_train.shape[0]} training examples")
-    out = pathlib.Path(args.out)
+    model, title = build_model(args.arch, ds.example_shape, ds.num_classes, args.hidden, args.activation)
     out.mkdir(parents=True, exist_ok=True)
-    result = train.train(
-        model, params, _optimizer(args.optimizer, args.lr), ds,
-        epochs=args.epochs, batch_size=args.batch_size, key=jax.random.key(args.seed + 1),
-        gradient=args.gradient, checkpoint_path=out / "checkpoint.npz", resume=args.resume,
-        out_dir=out, progress=not args.no_progress,
-        config={k: v for k, v in vars(args).items() if k not in ("run", "epochs", "resume", "no_progress", "no_cache", "out")},
-    )
+    checkpoint_path = out / "checkpoint.npz"
+    if args.resume and not checkpoint_path.exists():
+        print(f"funcprop train: no checkpoint at {checkpoint_path}; starting fresh", file=sys.stderr)
+    if not args.resume and checkpoint_path.exists():  # never overwrite what an earlier run trained
+        raise UsageError(f"{checkpoint_path} holds an earlier run; pass --resume to continue it, or another --out")
+    print("funcprop train: compiling the training step (the first epoch takes longer)...", file=sys.stderr)
+    try:
+        _, params = model.init(jax.random.key(args.seed), ds.example_shape)
+        result = train.train(
+            model, params, _optimizer(args.optimizer, args.lr), ds,
+            epochs=args.epochs, batch_size=args.batch_size, key=jax.random.key(args.seed + 1),
+            gradient=args.gradient, checkpoint_path=checkpoint_path, resume=args.resume,
+            out_dir=out, progress=not args.no_progress,
+            config=_settings(args, "epochs", "resume", "no_progress", "no_cache", "out"),
+        )
+    except jax.errors.JaxRuntimeError as err:  # GPU: RESOURCE_EXHAUSTED; CPU: INTERNAL: ... Out of memory
+        said = re.search(r"out of memory[^\n]*", str(err), flags=re.I)
+        if not said and "RESOURCE_EXHAUSTED" not in str(err):
+            raise
+        device = jax.devices()[0]
+        name = device if device.device_kind == device.platform else f"{device} ({device.device_kind})"
+        detail = (said.group() if said else str(err).splitlines()[0]).rstrip(".")
+        raise MemoryError(f"out of memory: the model and batch do not fit in the memory of {name} ({detail}); "
+                          f"use smaller --hidden or --batch-size") from err
+    title = f"{ds.name}, {title}"
     plots.plot_history(result.history, out / "curves.png", title=title)
     if ds.example_shape == (2,):
-        plots.plot_decision_boundary(model.apply, result.params, ds.x_test, ds.y_test, out / "boundary.png", title=title)
+        plots.plot_decision_boundary(model.apply, result.params, ds.x_test, ds.y_test, out / "boundary.png",
+                                     title=title)
     last = result.history[-1] if result.history else {}
-    (out / "config.json").write_text(json.dumps({k: v for k, v in vars(args).items() if k != "run"}, indent=2))
+    (out / "config.json").write_text(json.dumps({**_settings(args), "model": title}, indent=2))
     accuracy = last.get("test_accuracy")
     score = (f"test accuracy {100 * accuracy:.2f}%" if accuracy is not None
              else f"test loss {last['test_loss']:.4f}" if last else "nothing left to train")
@@ -181,6 +282,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_report(args) -> int:
+    _out_folder(args.out)
     _use_cache(args)
     from funcprop.report import main_job
 
@@ -197,6 +299,7 @@ def _cmd_bench(args) -> int:
 
     if args.torch and not bench_torch.available():
         raise UsageError("--torch needs PyTorch installed (pip install torch)")
+    _out_folder(args.out)
     with_torch = False if args.no_torch else (True if args.torch else None)
     bench.run(args.out, quick=args.quick, rounds=args.rounds, with_torch=with_torch)
     print(f"wrote {args.out}/benchmark.{{json,md,png}}")
@@ -206,23 +309,29 @@ def _cmd_bench(args) -> int:
 # --- the parser -------------------------------------------------------------------
 
 
+NO_CACHE = "do not keep compiled programs in ~/.cache/funcprop/jax (JAX's persistent cache)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="funcprop", description="Backpropagation as explicit math in JAX.")
+    parser = _Parser(prog="funcprop", description="Backpropagation as explicit math in JAX.",
+                     epilog="Ctrl-C or SIGTERM stops a command cleanly: exit 130 (SIGINT) or 143 (SIGTERM).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("shapes", help="print the shapes of every term of backprop, layer by layer")
     p.add_argument("sizes", nargs="*", type=_positive_int, help="mlp layer sizes including the input, e.g. 2 4 7 3 2")
     p.add_argument("--arch", choices=("mlp", "cnn", "resmlp", "resnet"), default="mlp",
                    help="mlp: the dense terms for SIZES; the others: every leaf of that model for digits")
-    p.add_argument("--hidden", type=_positive_int, nargs="+", default=[128, 128], help="resmlp width and blocks")
+    p.add_argument("--hidden", type=_positive_int, nargs="+", fill_in=[128, 128], help="resmlp width and blocks")
     p.add_argument("--batch", type=_positive_int, default=None, help="a batch size (default: one example)")
-    p.add_argument("--activation", default="sigmoid", choices=sorted(_activations()), help="hidden activation")
+    p.add_argument("--activation", fill_in="sigmoid", choices=sorted(_activations()),
+                   help="hidden activation (mlp, resmlp)")
     p.set_defaults(run=_cmd_shapes)
 
     p = sub.add_parser("verify", help="verify every rule against autodiff of its twin and finite differences")
     p.add_argument("--out", default=None, help="also write verify.json and verify.md here")
     p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--no-cache", action="store_true", help="do not keep compiled programs in ~/.cache/funcprop/jax (JAX's persistent cache)")
+    p.add_argument("--no-cache", action="store_true", help=NO_CACHE)
     p.set_defaults(run=_cmd_verify)
 
     from funcprop.data import DATASETS
@@ -231,11 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a network with optax")
     p.add_argument("--dataset", choices=DATASETS, default="digits")
     p.add_argument("--data-path", default=None, help="folder of the MNIST IDX files (for --dataset mnist)")
-    p.add_argument("--toy-kind", choices=("moons", "spirals"), default="moons")
-    p.add_argument("--arch", choices=ARCHS, default="mlp", help="mlp: --hidden widths; seed: the seed's 4-7-3 sigmoid net; cnn: conv32-conv64-pool-128; "
+    p.add_argument("--toy-kind", choices=("moons", "spirals"), fill_in="moons", help="for --dataset toy")
+    p.add_argument("--arch", choices=ARCHS, default="mlp",
+                   help="mlp: --hidden widths; seed: the notes' 4-7-3 sigmoid net; cnn: conv32-conv64-pool-128; "
                    "resmlp: pre-norm residual MLP, width --hidden[0], a block per --hidden entry; resnet: residual CNN")
-    p.add_argument("--hidden", type=_positive_int, nargs="*", default=[256, 256], help="hidden widths of the mlp")
-    p.add_argument("--activation", choices=sorted(_activations()), default="relu")
+    p.add_argument("--hidden", type=_positive_int, nargs="*", fill_in=[256, 256], help="hidden widths (mlp, resmlp)")
+    p.add_argument("--activation", choices=sorted(_activations()), fill_in="relu",
+                   help="hidden activation (mlp, resmlp)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
     p.add_argument("--lr", type=_positive_float, default=1e-3, help="learning rate")
     p.add_argument("--epochs", type=_positive_int, default=20)
@@ -243,9 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gradient", choices=GRADIENTS, default="rules", help="where gradients come from")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", default="runs/train", help="output folder (metrics, plots, checkpoint)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoint.npz up to --epochs; where there is none, say so and start fresh")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--no-cache", action="store_true", help="do not keep compiled programs in ~/.cache/funcprop/jax (JAX's persistent cache)")
+    p.add_argument("--no-cache", action="store_true", help=NO_CACHE)
     p.set_defaults(run=_cmd_train)
 
     p = sub.add_parser("report", help="the main job: verify every rule, train on digits, write a report")
@@ -254,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--no-sklearn", action="store_true", help="skip the scikit-learn comparison")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--no-cache", action="store_true", help="do not keep compiled programs in ~/.cache/funcprop/jax (JAX's persistent cache)")
+    p.add_argument("--no-cache", action="store_true", help=NO_CACHE)
     p.set_defaults(run=_cmd_report)
 
     p = sub.add_parser("bench", help="time a training step: rules vs jax.grad vs backprop vs PyTorch")
@@ -268,10 +380,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from funcprop import __version__
+
+    return __version__
+
+
 def _activations():
     from funcprop.nn import ACTIVATIONS
 
     return ACTIVATIONS
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt, so that both stop a command the same way."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM raises :class:`_Terminated` for the duration; the previous handler comes back after."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def main(argv=None) -> int:
@@ -279,17 +418,19 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        with _sigterm_interrupts():
+            return args.run(args)
     except UsageError as err:
         print(f"funcprop {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"funcprop {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except (OSError, ValueError, TypeError, ImportError, FloatingPointError) as err:
+    except KeyboardInterrupt as stop:
+        signum = signal.SIGTERM if isinstance(stop, _Terminated) else signal.SIGINT
+        print(f"funcprop {args.command}: interrupted by {signum.name}", file=sys.stderr)
+        return 128 + signum
+    except (OSError, ValueError, TypeError, ImportError, FloatingPointError, MemoryError) as err:
         if os.environ.get("FUNCPROP_DEBUG"):
             raise
-        message = " ".join(str(err).split())  # one line
+        message = " ".join(str(err).split()) or type(err).__name__  # one line
         print(f"funcprop {args.command}: error: {message} (FUNCPROP_DEBUG=1 for a traceback)", file=sys.stderr)
         return 1
 

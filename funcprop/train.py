@@ -264,7 +264,15 @@ class Checkpointer(NamedTuple):
         """``(state, history)`` from the checkpoint; ``(state, [])`` if there is none yet."""
         if not pathlib.Path(self.path).exists():
             return state, []
-        state, meta = checkpoint.load(self.path, like=state)
+        try:
+            state, meta = checkpoint.load(self.path, like=state)
+        except checkpoint.CheckpointError:  # another model: name the settings that differ, if they do
+            self._refuse_other_settings(checkpoint.load_flat(self.path)[1])
+            raise
+        self._refuse_other_settings(meta)
+        return state, list(meta.get("history", []))
+
+    def _refuse_other_settings(self, meta: dict) -> None:
         saved = meta.get("config", {})
         changed = {k: (saved.get(k), v) for k, v in self.config.items() if k in saved and saved[k] != v}
         if changed:
@@ -273,7 +281,6 @@ class Checkpointer(NamedTuple):
                 f"train: the checkpoint {self.path} was written with other settings ({listed}); "
                 f"resume with the same settings, or start a new run elsewhere"
             )
-        return state, list(meta.get("history", []))
 
     def save(self, state: TrainState, history: list) -> None:
         checkpoint.save(self.path, state, metadata={"history": history, "config": dict(self.config)})

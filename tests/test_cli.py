@@ -1,8 +1,10 @@
-"""The console script: output of `funcprop shapes`, one-line errors with exit 2."""
+"""The console script: `funcprop shapes` output; one-line errors (exit 2 for bad arguments, 1 for failures),
+checked before any work; --version and every default in --help; clean stops on Ctrl-C and SIGTERM."""
 
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from funcprop.cli import main
@@ -76,3 +78,217 @@ def test_train_a_residual_architecture(arch, tmp_path, capsys):
     assert main(argv + (["--hidden", "32"] if arch == "resmlp" else [])) == 0
     assert f"digits, {arch}" in capsys.readouterr().out
     assert (tmp_path / "checkpoint.npz").exists()
+
+
+# --- the reliability sweep: flags a run would ignore, --out, --version, --help, signals, memory
+
+
+def _one_line_error(capsys, code, expected, *, status=2):
+    """The error: the last line on stderr, the only one that says error (the others are notices)."""
+    err = capsys.readouterr().err.strip()
+    assert code == status, err
+    assert "Traceback" not in err and err.count("error:") == 1 and expected in err.splitlines()[-1], err
+    return err.splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--arch", "seed", "--hidden", "7"], "--arch seed does not use --hidden (only --arch mlp or resmlp"),
+        (["train", "--arch", "seed", "--activation", "tanh"], "--arch seed does not use --activation"),
+        (["train", "--arch", "cnn", "--activation", "tanh"], "--arch cnn does not use --activation"),
+        (["train", "--arch", "resnet", "--hidden", "64"], "--arch resnet does not use --hidden"),
+        (["train", "--dataset", "digits", "--toy-kind", "spirals"], "--dataset digits does not use --toy-kind"),
+        (["train", "--dataset", "toy", "--data-path", "/x"], "--dataset toy does not use --data-path"),
+        (["shapes", "--arch", "cnn", "--hidden", "5"], "--arch cnn does not use --hidden"),
+        (["shapes", "2", "3", "--hidden", "5"], "--arch mlp does not use --hidden"),
+        (["shapes", "--arch", "resmlp", "--hidden", "32", "64"], "got --hidden 32 64"),
+        (["train", "--arch", "resmlp", "--hidden"], "got no widths"),
+    ],
+)
+def test_a_flag_the_run_would_ignore_is_refused(argv, message, tmp_path, capsys, monkeypatch):
+    import funcprop.train
+
+    monkeypatch.setattr(funcprop.train, "train", lambda *a, **k: pytest.fail("trained despite a bad flag"))
+    _one_line_error(capsys, main([*argv, "--out", str(tmp_path / "run")] if argv[0] == "train" else argv), message)
+    assert not (tmp_path / "run").exists()  # a refused run leaves no folder behind
+
+
+@pytest.fixture(scope="module")
+def seed_run(tmp_path_factory):
+    """One epoch of the notes' network on toy data, --resume without a checkpoint: (status, stdout, stderr, folder)."""
+    import contextlib
+    import io
+
+    import jax
+
+    out, stdout, stderr = tmp_path_factory.mktemp("seed"), io.StringIO(), io.StringIO()
+    # optax's update promotes python scalars (the standard_promotion fixture, at module scope)
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), jax.numpy_dtype_promotion("standard"):
+        status = main(["train", "--dataset", "toy", "--arch", "seed", "--epochs", "1", "--resume",
+                       "--no-progress", "--no-cache", "--out", str(out / "run")])
+    return status, stdout.getvalue(), stderr.getvalue(), out / "run"
+
+
+def test_config_records_only_what_ran(seed_run):
+    import json
+
+    status, _, err, out = seed_run
+    assert status == 0, err
+    config = json.loads((out / "config.json").read_text())
+    assert "hidden" not in config and "activation" not in config and "data_path" not in config
+    assert config["toy_kind"] == "moons" and config["arch"] == "seed"
+    assert config["model"] == "toy-moons, mlp 2-4-7-3-2 sigmoid"
+
+
+def test_resume_without_a_checkpoint_says_it_starts_fresh(seed_run):
+    status, _, err, out = seed_run
+    assert status == 0 and f"funcprop train: no checkpoint at {out / 'checkpoint.npz'}; starting fresh\n" in err
+    assert (out / "checkpoint.npz").exists()
+
+
+def test_a_second_run_into_the_same_folder_keeps_the_first_run_s_checkpoint(seed_run, capsys):
+    out = seed_run[3]
+    before = (out / "checkpoint.npz").read_bytes()
+    argv = ["train", "--dataset", "toy", "--epochs", "2", "--no-progress", "--no-cache", "--out", str(out)]
+    _one_line_error(capsys, main([*argv, "--arch", "seed"]), "holds an earlier run; pass --resume to continue it")
+    with jax.numpy_dtype_promotion("standard"):
+        code = main([*argv, "--arch", "mlp", "--resume"])
+    _one_line_error(capsys, code, "was written with other settings (arch: 'seed' then, 'mlp' now", status=1)
+    assert (out / "checkpoint.npz").read_bytes() == before
+
+
+def test_compiling_is_announced_on_stderr_only(seed_run):
+    _, stdout, err, _ = seed_run
+    assert "funcprop train: compiling the training step" in err
+    assert "compiling" not in stdout and stdout.startswith("toy-moons, mlp 2-4-7-3-2 sigmoid: 1 epochs")
+
+
+@pytest.mark.parametrize("command, work", [("train", "funcprop.train.train"), ("report", "funcprop.report.main_job"),
+                                           ("bench", "funcprop.bench.run"), ("verify", "funcprop.verify.verify_rules")])
+@pytest.mark.parametrize("where, message", [("afile", "--out {} is a file; pass a folder"),
+                                            ("afile/sub", "--out {} is inside {}, which is a file; pass a folder")])
+def test_out_is_checked_before_the_work_starts(command, work, where, message, tmp_path, capsys, monkeypatch):
+    import importlib
+
+    module, name = work.rsplit(".", 1)
+    monkeypatch.setattr(importlib.import_module(module), name, lambda *a, **k: pytest.fail("the work started"))
+    (tmp_path / "afile").write_text("not a folder")
+    out = tmp_path / where
+    expected = message.format(out, tmp_path / "afile")
+    _one_line_error(capsys, main([command, "--out", str(out)]), expected)
+
+
+def test_an_unwritable_out_is_refused_before_verifying(tmp_path, capsys, monkeypatch):
+    import types
+
+    import funcprop.cli
+    import funcprop.verify
+
+    def denied(dir):
+        raise PermissionError(13, "Permission denied", str(dir))
+
+    # the folder's permissions, as a test run by root (who writes anywhere) can see them
+    monkeypatch.setattr(funcprop.cli, "tempfile", types.SimpleNamespace(TemporaryFile=denied))
+    monkeypatch.setattr(funcprop.verify, "verify_rules", lambda *a, **k: pytest.fail("the work started"))
+    out = tmp_path / "verify"
+    _one_line_error(capsys, main(["verify", "--out", str(out)]),
+                    f"--out {out} cannot be written ({tmp_path}: Permission denied); pass a folder you can write to")
+
+
+def test_an_empty_out_is_refused(capsys):
+    _one_line_error(capsys, main(["train", "--out", ""]), "--out is empty; pass a folder")
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"funcprop {version('funcprop')}"
+
+
+def test_help_shows_every_default():
+    import argparse
+
+    from funcprop.cli import _shown, build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    shown = {}
+    for name, sub in commands.items():
+        defaults = sub.get_default("fill_in") or {}
+        for action in sub._actions:
+            text = " ".join(sub._get_formatter()._format_action(action).split())
+            default = defaults.get(action.dest, action.default)
+            if action.option_strings and default is not None and default is not False and default != argparse.SUPPRESS:
+                assert f"(default: {_shown(default)})" in text, (name, text)
+                shown[name, action.option_strings[-1]] = text
+        assert "(default: None)" not in sub.format_help() and "(default: False)" not in sub.format_help()
+    assert "(default: 256 256)" in shown["train", "--hidden"] and "(default: moons)" in shown["train", "--toy-kind"]
+    assert "(default: relu)" in shown["train", "--activation"] and "(default: 0)" in shown["train", "--seed"]
+    assert "(default: 128 128)" in shown["shapes", "--hidden"] and "(default: 20)" in shown["train", "--epochs"]
+
+
+@pytest.mark.parametrize("message, detail", [  # as XLA says it on a GPU, and on the CPU
+    ("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 20000000000 bytes.\nBufferAssignment OOM Debugging.",
+     "(Out of memory while trying to allocate 20000000000 bytes)"),
+    ("INTERNAL: Error dispatching computation: Out of memory allocating 400000000000000 bytes.",
+     "(Out of memory allocating 400000000000000 bytes)"),
+])
+def test_out_of_memory_is_one_line(message, detail, tmp_path, capsys, monkeypatch):
+    import jax
+
+    import funcprop.train
+
+    def exhausted(*args, **kwargs):
+        raise jax.errors.JaxRuntimeError(message)
+
+    monkeypatch.setattr(funcprop.train, "train", exhausted)
+    argv = ["train", "--dataset", "toy", "--hidden", "8", "--no-progress", "--no-cache", "--out", str(tmp_path)]
+    err = _one_line_error(capsys, main(argv), "out of memory: the model and batch do not fit in the memory", status=1)
+    assert f"{detail}; use smaller --hidden or --batch-size" in err
+
+
+def test_ctrl_c_stops_with_130_and_sigterm_is_handled_only_during_the_command(tmp_path, capsys, monkeypatch):
+    import signal
+
+    import funcprop.train
+
+    before, during = signal.getsignal(signal.SIGTERM), []
+
+    def interrupted(*args, **kwargs):
+        during.append(signal.getsignal(signal.SIGTERM))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(funcprop.train, "train", interrupted)
+    argv = ["train", "--dataset", "toy", "--arch", "seed", "--no-progress", "--no-cache", "--out", str(tmp_path)]
+    assert main(argv) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "funcprop train: interrupted by SIGINT"
+    assert during and during[0] is not before and signal.getsignal(signal.SIGTERM) is before
+
+
+def test_sigterm_stops_training_cleanly(tmp_path):
+    import signal
+    import time
+
+    from funcprop import checkpoint
+
+    argv = ["train", "--dataset", "toy", "--arch", "seed", "--epochs", "1000000", "--no-progress", "--no-cache",
+            "--out", str(tmp_path)]
+    with subprocess.Popen([sys.executable, "-m", "funcprop.cli", *argv], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            deadline = time.monotonic() + 240
+            while not (tmp_path / "checkpoint.npz").exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert (tmp_path / "checkpoint.npz").exists(), "no epoch finished"
+            proc.send_signal(signal.SIGTERM)  # the first epoch is saved: training is in its loop now
+            _, err = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM == 143, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "funcprop train: interrupted by SIGTERM", err
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    checkpoint.load_flat(tmp_path / "checkpoint.npz")  # whole: its checksum holds
