@@ -22,14 +22,14 @@ import numpy as np
 import optax
 
 from funcprop import data, train
-from funcprop.cli import IMAGE_ARCHS, build_model
+from funcprop.nn.models import IMAGE_ARCHS, build
 
 PAIRS = (("mlp", "resmlp"), ("cnn", "resnet"))
 
 
 def run(arch, seed, epochs, gradient):
     ds = data.load("digits", seed=0, image=arch in IMAGE_ARCHS)
-    model, title = build_model(arch, ds.example_shape, ds.num_classes, [256, 256], "relu")
+    model, title = build(arch, ds.example_shape, ds.num_classes, [256, 256], "relu")
     _, params = model.init(jax.random.key(seed), ds.example_shape)
     t0 = time.perf_counter()
     result = train.train(model, params, optax.adamw(1e-3, weight_decay=1e-4), ds, epochs=epochs, batch_size=32,

@@ -21,6 +21,8 @@ import sys
 import tempfile
 import threading
 
+from funcprop.nn import models
+
 
 def _shown(value) -> str:
     """A value as it is typed on the command line: ``256 256`` for a list."""
@@ -140,36 +142,16 @@ def _cmd_shapes(args) -> int:
         return 0
     if args.sizes:
         raise UsageError(f"--arch {args.arch} takes no layer sizes (it is built for digits: 8x8 images, 10 classes)")
-    model, _ = build_model(args.arch, DIGITS_SHAPE[args.arch in IMAGE_ARCHS], 10, args.hidden, args.activation)
-    batch = args.batch or (1 if args.arch in IMAGE_ARCHS else None)  # Flatten needs a batch axis
-    print(shapes.graph_table(model, DIGITS_SHAPE[args.arch in IMAGE_ARCHS], batch, title=f"{args.arch} for digits"))
+    model, _ = models.build(args.arch, DIGITS_SHAPE[args.arch in models.IMAGE_ARCHS], 10, args.hidden, args.activation)
+    batch = args.batch or (1 if args.arch in models.IMAGE_ARCHS else None)  # Flatten needs a batch axis
+    print(shapes.graph_table(model, DIGITS_SHAPE[args.arch in models.IMAGE_ARCHS], batch, title=f"{args.arch} for digits"))
     return 0
 
 
 # --- funcprop verify / train / report ------------------------------------------------
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "momentum", "rmsprop")
-ARCHS = ("mlp", "seed", "cnn", "resmlp", "resnet")
-IMAGE_ARCHS = ("cnn", "resnet")  # models of NHWC images
 DIGITS_SHAPE = {False: (64,), True: (8, 8, 1)}  # one digits example, flat or as an image
-
-
-def build_model(arch: str, example_shape, num_classes: int, hidden, activation: str):
-    """(model, title) for ``--arch``: the layers ``train`` and ``shapes`` build."""
-    from funcprop import nn
-
-    if arch == "cnn":
-        return nn.cnn(num_classes), "cnn"
-    if arch == "resnet":
-        return nn.resnet(num_classes), "resnet"
-    if arch == "resmlp":
-        return (nn.resmlp(num_classes, width=hidden[0], depth=len(hidden), activation=activation),
-                f"resmlp width {hidden[0]} x {len(hidden)} blocks {activation}")
-    if arch == "seed":
-        sizes, activation = [example_shape[0], 4, 7, 3, num_classes], "sigmoid"
-    else:
-        sizes = [example_shape[0], *hidden, num_classes]
-    return nn.mlp(sizes, activation=activation), f"mlp {'-'.join(map(str, sizes))} {activation}"
 
 
 def _optimizer(name: str, lr: float):
@@ -217,7 +199,7 @@ def _load_dataset(args):
             import jax
 
             return data.toy(jax.random.key(args.seed), kind=args.toy_kind)
-        return data.load(args.dataset, seed=args.seed, path=args.data_path, image=args.arch in IMAGE_ARCHS)
+        return data.load(args.dataset, seed=args.seed, path=args.data_path, image=args.arch in models.IMAGE_ARCHS)
     except (FileNotFoundError, ValueError) as err:
         raise UsageError(str(err)) from err
 
@@ -228,7 +210,7 @@ def _cmd_train(args) -> int:
     _check_resmlp(args)
     if args.dataset == "mnist" and args.data_path is None:
         raise UsageError("--dataset mnist needs --data-path DIR, a folder with the four MNIST IDX files")
-    if args.dataset == "toy" and args.arch in IMAGE_ARCHS:
+    if args.dataset == "toy" and args.arch in models.IMAGE_ARCHS:
         raise UsageError(f"--arch {args.arch} needs images; the toy dataset is 2-D points (use digits or mnist)")
     out = _out_folder(args.out)
     _use_cache(args)
@@ -241,7 +223,7 @@ def _cmd_train(args) -> int:
     ds = _load_dataset(args)
     if args.batch_size > ds.x_train.shape[0]:
         raise UsageError(f"--batch-size {args.batch_size} exceeds the {ds.x_train.shape[0]} training examples")
-    model, title = build_model(args.arch, ds.example_shape, ds.num_classes, args.hidden, args.activation)
+    model, title = models.build(args.arch, ds.example_shape, ds.num_classes, args.hidden, args.activation)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out / "checkpoint.npz"
     if args.resume and not checkpoint_path.exists():
@@ -341,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=DATASETS, default="digits")
     p.add_argument("--data-path", default=None, help="folder of the MNIST IDX files (for --dataset mnist)")
     p.add_argument("--toy-kind", choices=("moons", "spirals"), fill_in="moons", help="for --dataset toy")
-    p.add_argument("--arch", choices=ARCHS, default="mlp",
+    p.add_argument("--arch", choices=models.ARCHS, default="mlp",
                    help="mlp: --hidden widths; seed: the notes' 4-7-3 sigmoid net; cnn: conv32-conv64-pool-128; "
                    "resmlp: pre-norm residual MLP, width --hidden[0], a block per --hidden entry; resnet: residual CNN")
     p.add_argument("--hidden", type=_positive_int, nargs="*", fill_in=[256, 256], help="hidden widths (mlp, resmlp)")

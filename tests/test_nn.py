@@ -119,3 +119,12 @@ def test_twin_of_a_user_layer_raises():
     user = nn.Layer(lambda k, s: (s, ()), lambda p, x: 2 * x)
     with pytest.raises(TypeError, match=r"twin: layer .* has no plain twin"):
         nn.twin(user)
+
+
+def test_build_knows_the_cli_s_architectures_and_no_other():
+    from funcprop.nn import models
+
+    model, title = models.build("seed", (2,), 2, None, None)
+    assert title == "mlp 2-4-7-3-2 sigmoid" and model.init(jax.random.key(0), (2,))[0] == (2,)
+    with pytest.raises(ValueError, match=r"build: arch must be one of \('mlp', 'seed'"):
+        models.build("rnn", (2,), 2, [8], "relu")

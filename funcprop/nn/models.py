@@ -145,3 +145,27 @@ def cnn(
     layers += [MaxPool2D(pool, dtype=dtype), Flatten(), Dense(hidden, w_init="he_normal", **kw), Relu(dtype=dtype),
                Dense(num_classes, w_init="he_normal", **kw)]
     return serial(*layers)
+
+
+ARCHS = ("mlp", "seed", "cnn", "resmlp", "resnet")  # the names build() knows
+IMAGE_ARCHS = ("cnn", "resnet")  # models of NHWC images
+
+
+def build(arch: str, example_shape, num_classes: int, hidden, activation: str):
+    """``(model, title)`` for an architecture of :data:`ARCHS` by name, as ``funcprop train``
+    and ``funcprop shapes`` build it: ``hidden`` and ``activation`` are read by mlp and
+    resmlp only; ``seed`` is the notes' 2-4-7-3-2 sigmoid network."""
+    if arch not in ARCHS:
+        raise ValueError(f"build: arch must be one of {ARCHS}, got {arch!r}")
+    if arch == "cnn":
+        return cnn(num_classes), "cnn"
+    if arch == "resnet":
+        return resnet(num_classes), "resnet"
+    if arch == "resmlp":
+        return (resmlp(num_classes, width=hidden[0], depth=len(hidden), activation=activation),
+                f"resmlp width {hidden[0]} x {len(hidden)} blocks {activation}")
+    if arch == "seed":
+        sizes, activation = [example_shape[0], 4, 7, 3, num_classes], "sigmoid"
+    else:
+        sizes = [example_shape[0], *hidden, num_classes]
+    return mlp(sizes, activation=activation), f"mlp {'-'.join(map(str, sizes))} {activation}"
