@@ -11,6 +11,7 @@ reports a process they killed: 130 for SIGINT, 143 for SIGTERM.
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import contextlib
 import os
@@ -378,20 +379,38 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt, so that both stop a command the same way."""
 
 
-def _raise_terminated(signum, frame):
-    raise _Terminated
+SIGTERM_RETRY_S = 2.0  # how often a SIGTERM is raised again until the command has stopped
 
 
 @contextlib.contextmanager
 def _sigterm_interrupts():
-    """SIGTERM raises :class:`_Terminated` for the duration; the previous handler comes back after."""
+    """SIGTERM raises :class:`_Terminated` for the duration; the previous handler comes back after.
+
+    Python runs a signal handler between any two bytecodes, and an exception raised in a
+    ``__del__`` or a weakref callback (JAX has many) is printed and dropped. So after the
+    first SIGTERM a thread raises it again every :data:`SIGTERM_RETRY_S` seconds until
+    the command has stopped: one signal is enough, wherever it lands.
+    """
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    requested, stopped = threading.Event(), threading.Event()
+
+    def again():
+        while not stopped.wait(SIGTERM_RETRY_S):
+            _thread.interrupt_main(signal.SIGTERM)
+
+    def terminate(signum, frame):
+        if not requested.is_set():
+            requested.set()
+            threading.Thread(target=again, name="funcprop-sigterm", daemon=True).start()
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
         yield
     finally:
+        stopped.set()
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 

@@ -269,6 +269,30 @@ def test_ctrl_c_stops_with_130_and_sigterm_is_handled_only_during_the_command(tm
     assert during and during[0] is not before and signal.getsignal(signal.SIGTERM) is before
 
 
+def test_a_sigterm_dropped_where_python_ignores_exceptions_is_raised_again(tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+    import time
+
+    import funcprop.cli
+    import funcprop.train
+
+    def drops_the_first_then_waits(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler raises here
+        except KeyboardInterrupt:
+            pass  # as a __del__ or a weakref callback drops it
+        time.sleep(10)
+        pytest.fail("the SIGTERM was not raised again")
+
+    monkeypatch.setattr(funcprop.cli, "SIGTERM_RETRY_S", 0.05)
+    monkeypatch.setattr(funcprop.train, "train", drops_the_first_then_waits)
+    argv = ["train", "--dataset", "toy", "--arch", "seed", "--no-progress", "--no-cache", "--out", str(tmp_path)]
+    assert main(argv) == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "funcprop train: interrupted by SIGTERM"
+
+
 def test_sigterm_stops_training_cleanly(tmp_path):
     import signal
     import time
