@@ -26,18 +26,19 @@ def _python_examples():
     return found
 
 
-def _run(code: str) -> str:
-    # A fresh interpreter: the suite's x64 and strict-promotion settings must not leak in.
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+def _run(code: str, cwd) -> str:
+    # A fresh interpreter: the suite's x64 and strict-promotion settings must not leak in;
+    # in a folder of its own, where an example may write its files.
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=cwd)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
 @pytest.mark.parametrize("code, shown", _python_examples(), ids=lambda x: (x or "").strip().splitlines()[0][:30] if x else "")
-def test_readme_example(code, shown):
+def test_readme_example(code, shown, tmp_path):
     tests = re.findall(r"^def (test_\w+)\(", code, flags=re.M)
     prelude = "import jax\njax.config.update('jax_enable_x64', True)\n" if tests else ""
-    out = _run(prelude + code + "".join(f"\n{t}()" for t in tests))
+    out = _run(prelude + code + "".join(f"\n{t}()" for t in tests), tmp_path)
     if shown is not None:
         if tests:  # a report table: the same rows, checks and verdicts
             assert [line.split()[:2] + line.split()[-1:] for line in out.strip().splitlines()[2:]] == \
