@@ -163,7 +163,7 @@ def measure(hw, batch, rounds, target, log):
         x = jax.random.normal(kx, (batch, hw, hw, c_in))
         k = jax.random.normal(kk, k_shape) / np.sqrt(kh * kw * c_in)
         d = jax.random.normal(kd, (batch, hw, hw, c_out))
-        out, vjp = jax.vjp(lambda x, k: conv(x, k, pads), x, k)
+        out, vjp = jax.vjp(lambda x, k, pads=pads: conv(x, k, pads), x, k)
         refs = dict(zip(("input gradient", "kernel gradient"), vjp(d)), forward=out)
         rule = _conv2d_bwd((1, 1), pads, (1, 1), (x, k), d)
         check(f"conv {layer} rule bwd X̄", rule[0], refs["input gradient"])

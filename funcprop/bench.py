@@ -95,7 +95,7 @@ def matmul_rates(sizes=PEAK_SIZES["cpu"], dtype=jnp.float32, repeats: int = 10) 
     f = jax.jit(lambda a, b: a @ b)
     for n in sizes:
         a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-        run = timer(lambda: f(a, a))
+        run = timer(lambda a=a: f(a, a))
         run(1)  # compile
         rates[n] = 2 * n**3 / min(run(1) for _ in range(repeats))
     return rates

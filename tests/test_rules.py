@@ -58,7 +58,7 @@ def test_vjp_matches_central_differences(case):
             return jnp.sum(ct * f(*moved))
 
         basis = jnp.eye(x.size, dtype=x.dtype).reshape((x.size, *x.shape))
-        diff = jax.jit(jax.vmap(lambda e: (phi(x + step * e) - phi(x - step * e)) / (2 * step)))
+        diff = jax.jit(jax.vmap(lambda e, x=x: (phi(x + step * e) - phi(x - step * e)) / (2 * step)))
         fd = diff(basis).reshape(x.shape)
         assert_close(cts[k], fd, FD_RTOL, f"{case.name} argument {k} vs finite differences")
 
