@@ -24,6 +24,17 @@ def test_max_pool_tie_goes_to_the_first_maximum_in_row_major_order():
     np.testing.assert_array_equal(grad[0, :, :, 0], [[0.0, 0.0], [1.0, 0.0]])
 
 
+def test_a_nan_is_the_maximum_of_its_window_in_the_rule_and_its_twin():
+    """NaN in a window: the output is NaN and ḡ goes to the first NaN, in the rule and in
+    the twin alike. (The twin was lax.reduce_window, whose autodiff sent ḡ to the 1.366
+    of this window: XLA's select skips a NaN that comes first.)"""
+    x = jnp.asarray([[jnp.nan, 0.1], [0.4, 1.366]], jnp.float64).reshape(1, 2, 2, 1)
+    for fn in (fp.max_pool2d, fp.max_pool2d.vjp_rule.twin):
+        out, grad = jax.value_and_grad(lambda x, fn=fn: jnp.sum(fn(x, 2)))(x)
+        assert jnp.isnan(out), fn.__name__
+        np.testing.assert_array_equal(grad[0, :, :, 0], [[1.0, 0.0], [0.0, 0.0]], err_msg=fn.__name__)
+
+
 def test_overlapping_max_windows_add_up_and_uncovered_rows_get_zero():
     x = jnp.zeros((1, 4, 3, 1), jnp.float64).at[0, 1, 1, 0].set(5.0)
     grad = jax.grad(lambda x: jnp.sum(fp.max_pool2d(x, 2, stride=1)))(x)
@@ -66,6 +77,12 @@ BAD_INPUTS = [
     ("pool/too-big", lambda: fp.max_pool2d(f32(2, 3, 8, 1), (4, 2)), ValueError,
      r"max_pool2d: the window \(4, 2\) is larger than the padded input \(3, 8\)"),
     ("pool/rank", lambda: fp.avg_pool2d(f32(8, 8), 2), ValueError, r"avg_pool2d: x must be NHWC"),
+    # a kernel without taps: XLA's verifier failed inside jit ("expects window to have
+    # positive value") instead of a message naming conv2d
+    ("conv/no-taps", lambda: fp.conv2d(f32(2, 7, 5, 2), f32(0, 3, 2, 4), f32(4)), ValueError,
+     r"conv2d: kernel must be HWIO \(kh, kw, C_in, C_out\) with kh, kw >= 1, got shape \(0, 3, 2, 4\)"),
+    ("pool/bool-window", lambda: fp.max_pool2d(f32(2, 4, 4, 1), True), ValueError,
+     r"max_pool2d: window must be a positive int or a pair of them, got True"),
 ]
 
 

@@ -25,7 +25,7 @@ BAD_INPUTS = [
     ("leaky_relu/negative-slope", lambda: fp.leaky_relu(f32(3), -0.1), ValueError,
      r"leaky_relu: negative_slope must be a finite number >= 0, got -0.1"),
     ("leaky_relu/array-slope", lambda: fp.leaky_relu(f32(3), jnp.float32(0.1)), TypeError,
-     r"leaky_relu: negative_slope must be a Python float"),
+     r"leaky_relu: negative_slope must be a static Python float"),
     ("softmax/axis", lambda: fp.softmax(f32(5, 4), axis=2), ValueError,
      r"softmax: axis 2 is out of range for an input of rank 2"),
     ("log_softmax/scalar", lambda: fp.log_softmax(f32()), ValueError,
@@ -44,6 +44,22 @@ BAD_INPUTS = [
      r"sigmoid_binary_cross_entropy: targets must be a floating-point array"),
     ("bce/shape", lambda: fp.sigmoid_binary_cross_entropy(f32(5, 2), f32(2, 5)), ValueError,
      r"sigmoid_binary_cross_entropy: logits has shape \(5, 2\) but targets has shape \(2, 5\)"),
+    ("softmax/bool-axis", lambda: fp.softmax(f32(5, 4), axis=True), TypeError, r"softmax: axis must be a Python int"),
+    # empty axes: nothing to take a max over, or a mean over nothing (NaN)
+    ("softmax/0-classes", lambda: fp.softmax(f32(3, 0)), ValueError,
+     r"softmax: needs at least one class on axis 1, got shape \(3, 0\)"),
+    ("log_softmax/0-classes", lambda: fp.log_softmax(f32(0, 4), axis=0), ValueError,
+     r"log_softmax: needs at least one class on axis 0, got shape \(0, 4\)"),
+    ("sce/0-classes", lambda: fp.softmax_cross_entropy(f32(3, 0), jnp.zeros((3,), jnp.int32)), ValueError,
+     r"softmax_cross_entropy: needs at least one class on axis -1, got shape \(3, 0\)"),
+    ("sce/0-examples", lambda: fp.softmax_cross_entropy(f32(0, 4), jnp.zeros((0,), jnp.int32)), ValueError,
+     r"softmax_cross_entropy: needs at least one example to average over, got shape \(0, 4\)"),
+    ("sce/0-examples-leading-axes", lambda: fp.softmax_cross_entropy(f32(2, 0, 4), f32(2, 0, 4)), ValueError,
+     r"softmax_cross_entropy: needs at least one example"),
+    ("mse/empty", lambda: fp.mse(f32(0, 3), f32(0, 3)), ValueError,
+     r"mse: needs at least one element to average over, got shape \(0, 3\); the mean over 0 elements is NaN"),
+    ("bce/empty", lambda: fp.sigmoid_binary_cross_entropy(f32(4, 0), f32(4, 0)), ValueError,
+     r"sigmoid_binary_cross_entropy: needs at least one element"),
 ]
 
 

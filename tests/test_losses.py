@@ -81,3 +81,53 @@ def test_a_half_precision_loss_accumulates_in_float32(name, low):
     rounded = ref_bar.astype(low)
     near = (z_bar == rounded) | (z_bar == jnp.nextafter(rounded, jnp.inf)) | (z_bar == jnp.nextafter(rounded, -jnp.inf))
     assert bool(jnp.all(near)), f"{name}: {int(jnp.sum(~near))} cotangents off by more than one step"
+
+
+def _rule_and_twin_grads(fn, *args):
+    """∂/∂ every argument of the rule and of its twin (jax.grad of the plain forward)."""
+    argnums = tuple(range(len(args)))
+    return jax.grad(fn, argnums)(*args), jax.grad(fn.vjp_rule.twin, argnums)(*args)
+
+
+def test_negative_probability_labels_follow_one_formula_in_rule_and_twin():
+    """−Σ y log p for any y: the forward once dropped y < 0 while the backward used it
+    (rule and twin disagreed by 0.2 in ∂L/∂z). Both now give (p Σy − y)/B and −log p/B."""
+    logits = jnp.asarray([[0.1, 0.5, -0.3], [1.0, -2.0, 0.0]], jnp.float64)
+    y = jnp.asarray([[0.3, -0.2, 0.9], [-1.0, 0.5, 0.0]], jnp.float64)  # negative and zero targets
+    (z_bar, y_bar), (z_twin, y_twin) = _rule_and_twin_grads(fp.softmax_cross_entropy, logits, y)
+    log_p = jax.nn.log_softmax(logits)
+    np.testing.assert_allclose(fp.softmax_cross_entropy(logits, y), -jnp.sum(y * log_p) / 2, rtol=1e-12)
+    np.testing.assert_allclose(z_bar, (jnp.exp(log_p) * y.sum(-1, keepdims=True) - y) / 2, rtol=1e-12)
+    np.testing.assert_allclose(z_twin, z_bar, rtol=1e-12)
+    # a zero target still has ∂L/∂y = −log p / B (the twin's where once made it 0)
+    np.testing.assert_allclose(y_bar, -log_p / 2, rtol=1e-12)
+    np.testing.assert_allclose(y_twin, y_bar, rtol=1e-12)
+
+
+def test_a_minus_inf_logit_with_zero_target_adds_nothing_in_rule_and_twin():
+    """0 · log 0 = 0 in the loss and in ∂L/∂y; the logit gets no gradient."""
+    logits = jnp.asarray([[0.1, -jnp.inf, -0.3]], jnp.float64)
+    y = jnp.asarray([[0.3, 0.0, 0.7]], jnp.float64)
+    value = fp.softmax_cross_entropy(logits, y)
+    (z_bar, y_bar), (z_twin, y_twin) = _rule_and_twin_grads(fp.softmax_cross_entropy, logits, y)
+    assert np.isfinite(value) and value == fp.softmax_cross_entropy.vjp_rule.twin(logits, y)
+    for got, want in ((z_bar, z_twin), (y_bar, y_twin)):
+        assert np.all(np.isfinite(got)), got
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert z_bar[0, 1] == 0 and y_bar[0, 1] == 0
+
+
+@pytest.mark.parametrize("name", ["mse", "sigmoid_binary_cross_entropy"])
+def test_targets_outside_0_1_follow_one_formula_in_rule_and_twin(name):
+    """Nothing is clipped: mse and the binary cross-entropy (linear in y) agree with
+    their twins for any target."""
+    rule = getattr(fp, name)
+    z = jnp.asarray([[0.5, -1.0], [2.0, 0.0]], jnp.float64)
+    y = jnp.asarray([[-0.5, 1.5], [3.0, -2.0]], jnp.float64)
+    assert rule(z, y) == rule.vjp_rule.twin(z, y)
+    for got, want in zip(*_rule_and_twin_grads(rule, z, y)):
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_check_labels_takes_a_numpy_int_count():
+    np.testing.assert_array_equal(fp.check_labels(np.array([0, 2]), np.int64(3)), [0, 2])

@@ -143,7 +143,7 @@ def _f(*shape, dtype=jnp.float64):
          r"layer_norm: eps must be .*> 0, got 0.0"),
         (lambda: funcprop.rms_norm(_f(3, 5), _f(5), eps=-1e-6), ValueError, r"rms_norm: eps must be .*> 0, got -1e-06"),
         (lambda: funcprop.rms_norm(_f(3, 5), _f(5), eps=jnp.float32(1e-6)), TypeError,
-         r"rms_norm: eps must be a Python float"),
+         r"rms_norm: eps must be a static Python float"),
     ],
     ids=["gamma-features", "beta-shape", "rms-gamma", "scalar-x", "int-x", "int-gamma",
          "mixed-dtypes", "eps=0", "eps<0", "eps-array"],

@@ -90,20 +90,36 @@ def float_input(fn: str, name: str = "f"):
     return prepare
 
 
+def is_int(value, low: int | None = None) -> bool:
+    """Whether ``value`` is a Python int (not a bool, which Python counts as one), and
+    ``>= low`` if given: the one test behind every static int argument of the rules."""
+    return isinstance(value, int) and not isinstance(value, bool) and (low is None or value >= low)
+
+
 def positive_int(fn: str, name: str, value) -> int:
     """``value`` if it is a positive Python int, else a ValueError naming ``fn``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_int(value, 1):
         raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}; pass e.g. {name}=8")
     return value
 
 
+def static_float(fn: str, name: str, value, *, example: float) -> float:
+    """A static Python number (not a bool, not an array) as a float, or a TypeError
+    naming ``fn``; the range is the caller's to check."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"{fn}: {name} must be a static Python float, got {type(value).__name__} {value!r}; "
+            f"pass e.g. {name}={example}"
+        )
+    return float(value)
+
+
 def positive_float(fn: str, name: str, value) -> float:
     """A static, finite Python float > 0 (an epsilon), or a clear error."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{fn}: {name} must be a Python float, got {type(value).__name__} {value!r}; pass e.g. {name}=1e-5")
+    value = static_float(fn, name, value, example=1e-5)
     if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"{fn}: {name} must be finite and > 0, got {value}; pass e.g. {name}=1e-5")
-    return float(value)
+    return value
 
 
 def require_same_dtype(fn: str, **arrays: jax.Array) -> None:
@@ -128,9 +144,29 @@ def require_same_shape(fn: str, a_name: str, a, b_name: str, b) -> None:
         )
 
 
+def require_nonempty(fn: str, x, axis: int, what: str) -> None:
+    """ValueError naming ``fn`` if ``x`` has no entries along ``axis``: there is nothing
+    to take a max, a sum or a mean over (``what`` names them: "class", "feature")."""
+    if x.shape[axis] == 0:
+        raise ValueError(
+            f"{fn}: needs at least one {what} on axis {axis}, got shape {x.shape}; "
+            f"pass an input with a nonzero size on that axis"
+        )
+
+
+def require_some(fn: str, n: int, what: str, shape) -> None:
+    """ValueError naming the loss ``fn`` if it averages over ``n = 0`` items (``what``:
+    "example", "element"): the mean of nothing is NaN, which would train on silently."""
+    if n == 0:
+        raise ValueError(
+            f"{fn}: needs at least one {what} to average over, got shape {tuple(shape)}; the "
+            f"mean over 0 {what}s is NaN, so skip empty batches before the loss"
+        )
+
+
 def normalize_axis(fn: str, axis, ndim: int) -> int:
     """The non-negative form of ``axis`` for an array of rank ``ndim``, or ValueError."""
-    if not isinstance(axis, int) or isinstance(axis, bool):
+    if not is_int(axis):
         raise TypeError(f"{fn}: axis must be a Python int, got {axis!r}")
     if not -ndim <= axis < ndim:
         raise ValueError(

@@ -10,32 +10,37 @@ input size.
 
 from __future__ import annotations
 
+from funcprop.rules._core import is_int
+
 Pair = tuple[int, int]
 Padding = str | tuple[Pair, Pair]
-
-
-def _is_int(v, low: int) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= low
 
 
 def pair(fn: str, name: str, value) -> Pair:
     """``value`` as ``(h, w)`` of positive ints; an int means the same on both axes."""
     got = (value, value) if isinstance(value, int) else tuple(value) if isinstance(value, (tuple, list)) else None
-    if got is None or len(got) != 2 or not all(_is_int(v, 1) for v in got):
+    if got is None or len(got) != 2 or not all(is_int(v, 1) for v in got):
         raise ValueError(f"{fn}: {name} must be a positive int or a pair of them, got {value!r}")
     return got
+
+
+def window_and_stride(fn: str, window, stride) -> tuple[Pair, Pair]:
+    """A pool's ``(window, stride)`` as pairs; ``stride=None`` means the window
+    (non-overlapping windows)."""
+    window = pair(fn, "window", window)
+    return window, window if stride is None else pair(fn, "stride", stride)
 
 
 def padding_spec(fn: str, padding) -> Padding:
     """``"VALID"``/``"SAME"`` (upper case) or ``((top, bottom), (left, right))`` of ints >= 0."""
     if isinstance(padding, str) and padding.upper() in ("VALID", "SAME"):
         return padding.upper()
-    if _is_int(padding, 0):
+    if is_int(padding, 0):
         return ((padding, padding), (padding, padding))
     if isinstance(padding, (tuple, list)) and len(padding) == 2:
-        if all(_is_int(p, 0) for p in padding):
+        if all(is_int(p, 0) for p in padding):
             return ((padding[0], padding[0]), (padding[1], padding[1]))
-        if all(isinstance(p, (tuple, list)) and len(p) == 2 and all(_is_int(v, 0) for v in p) for p in padding):
+        if all(isinstance(p, (tuple, list)) and len(p) == 2 and all(is_int(v, 0) for v in p) for p in padding):
             return (tuple(padding[0]), tuple(padding[1]))
     raise ValueError(
         f"{fn}: padding must be 'VALID', 'SAME', an int, a pair of ints (per axis) or "

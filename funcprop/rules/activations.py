@@ -17,7 +17,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from funcprop.rules._core import as_float_array, custom_rule, float_input, implements
+from funcprop.rules._core import as_float_array, custom_rule, float_input, implements, static_float
 
 # --- sigmoid ---------------------------------------------------------------------
 
@@ -64,8 +64,11 @@ def _tanh_fwd(f):
 
 
 def _tanh_bwd(t, g):
-    """tanh'(f) = 1 − tanh(f)², read off the output t."""
-    return (g * (1 - t * t),)
+    """tanh'(f) = 1 − tanh(f)² = (1 − t)(1 + t), read off the output t.
+
+    The factored form: 1 − t is exact near |t| = 1, where the rounding of t·t costs
+    1 − t·t its digits (2% in bfloat16 at t ≈ 0.97); it is also autodiff's form."""
+    return (g * ((1 - t) * (1 + t)),)
 
 
 _TANH = custom_rule(tanh_twin, _tanh_fwd, _tanh_bwd, prepare=float_input("tanh"))
@@ -132,17 +135,13 @@ def _leaky_relu_bwd(negative_slope, out, g):
 
 def negative_slope_arg(negative_slope) -> float:
     """leaky_relu's slope as a float, or an error: a static Python number >= 0."""
-    if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
-        raise TypeError(
-            f"leaky_relu: negative_slope must be a Python float, got "
-            f"{type(negative_slope).__name__} {negative_slope!r}; pass e.g. 0.01"
-        )
+    negative_slope = static_float("leaky_relu", "negative_slope", negative_slope, example=0.01)
     if not (negative_slope >= 0 and math.isfinite(negative_slope)):
         raise ValueError(
             f"leaky_relu: negative_slope must be a finite number >= 0, got "
             f"{negative_slope}; the backward reads the sign of f off the output"
         )
-    return float(negative_slope)
+    return negative_slope
 
 
 def _leaky_relu_args(f, negative_slope=0.01):

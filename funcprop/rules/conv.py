@@ -100,8 +100,10 @@ def conv2d_args(x, kernel, bias, stride=1, padding="VALID", dilation=1):
     bias = as_float_array(fn, "bias", bias)
     if x.ndim not in (3, 4):
         raise ValueError(f"{fn}: x must be NHWC (N, H, W, C_in) or one example (H, W, C_in), got shape {x.shape}")
-    if kernel.ndim != 4:
-        raise ValueError(f"{fn}: kernel must be HWIO (kh, kw, C_in, C_out), got shape {kernel.shape}")
+    if kernel.ndim != 4 or 0 in kernel.shape[:2]:
+        raise ValueError(
+            f"{fn}: kernel must be HWIO (kh, kw, C_in, C_out) with kh, kw >= 1, got shape {kernel.shape}"
+        )
     if kernel.shape[2] != x.shape[-1]:
         raise ValueError(
             f"{fn}: x has {x.shape[-1]} channels (shape {x.shape}) but kernel has shape {kernel.shape}; "

@@ -20,7 +20,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from funcprop.rules._core import as_float_array, custom_rule, implements
+from funcprop.rules._core import as_float_array, custom_rule, implements, static_float
 
 
 def _masked(v, key, rate: float):
@@ -85,17 +85,13 @@ def _dropout_args(x, key, rate):
 
 def dropout_rate(rate) -> float:
     """The rate as a float, or an error: a static Python number in [0, 1)."""
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)):
-        raise TypeError(
-            f"dropout: rate must be a static Python float in [0, 1), got "
-            f"{type(rate).__name__} {rate!r}; pass e.g. rate=0.1"
-        )
+    rate = static_float("dropout", "rate", rate, example=0.1)
     if not (0 <= rate < 1 and math.isfinite(rate)):
         raise ValueError(
             f"dropout: rate must be in [0, 1) (the probability of dropping an element), "
             f"got {rate}; use 0 to keep every element"
         )
-    return float(rate)
+    return rate
 
 
 _DROPOUT = custom_rule(dropout_twin, _dropout_fwd, _dropout_bwd, prepare=_dropout_args, nondiff_argnums=(2,))

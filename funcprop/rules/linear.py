@@ -1,6 +1,6 @@
 """The dense (fully connected) layer and its hand-derived backward.
 
-Column form of the seed: f = β + Ω h. Batch-first form, rows are examples:
+Column form of the notes: f = β + Ω h. Batch-first form, rows are examples:
 
     F = H Ωᵀ + β          H: (B, n_in)  Ω: (n_out, n_in)  β: (n_out,)  F: (B, n_out)
 
@@ -19,6 +19,7 @@ from funcprop.rules._core import (
     as_float_array,
     custom_rule,
     implements,
+    numel,
     require_same_dtype,
 )
 
@@ -35,8 +36,9 @@ def _dense_fwd(h, omega, beta):
 def _dense_bwd(res, delta):
     """H̄ = Δ Ω,  Ω̄ = Δᵀ H,  β̄ = Σ Δ, summed over every leading batch axis."""
     h, omega = res
-    delta_rows = delta.reshape(-1, delta.shape[-1])  # (B, n_out), B = all leading axes
-    h_rows = h.reshape(-1, h.shape[-1])  # (B, n_in)
+    rows = numel(h.shape[:-1])  # B = all leading axes; explicit, as reshape(-1, 0) cannot infer it
+    delta_rows = delta.reshape(rows, delta.shape[-1])  # (B, n_out)
+    h_rows = h.reshape(rows, h.shape[-1])  # (B, n_in)
     return delta @ omega, delta_rows.T @ h_rows, delta_rows.sum(axis=0)
 
 
@@ -83,7 +85,7 @@ def dense(h, omega, beta) -> jax.Array:
 
     Args:
       h: ``(..., n_in)``, one example ``(n_in,)`` or any leading batch axes.
-      omega: ``(n_out, n_in)``, the weight matrix Ω as in the seed's ``f = β + Ω h``.
+      omega: ``(n_out, n_in)``, the weight matrix Ω as in the notes' ``f = β + Ω h``.
       beta: ``(n_out,)``, the bias β.
 
     Returns:

@@ -8,7 +8,13 @@ formed.
 Targets that do not sum to one: the general gradient is ``(p Σ_c y_c − y) / B``,
 which is ``(p − y) / B`` for every proper distribution. The rule computes the general
 form, so it also holds off the simplex (unnormalised targets, second derivatives
-along any direction of y).
+along any direction of y). Negative targets are not dropped either: under ``jit`` a
+value cannot be checked, so the loss is defined as ``−Σ y log p`` for every real y,
+and the rule, its fwd and its twin all compute that one formula (with 0 · log 0 = 0,
+so a −inf logit with target 0 adds nothing and gets no gradient).
+
+Empty inputs: a loss over 0 classes or 0 examples raises a ValueError at trace time
+(shapes are static): the mean of nothing is NaN, which would train on silently.
 
 Class ids out of range: under ``jit`` a label cannot be checked, so an id outside
 ``[0, C)`` (negative ids included) turns into an all-zero target row. That example adds
@@ -33,20 +39,23 @@ from funcprop.rules._core import (
     as_float_array,
     custom_rule,
     implements,
+    is_int,
     numel,
+    require_nonempty,
     require_same_dtype,
     require_same_shape,
+    require_some,
 )
 from funcprop.rules.softmax import log_softmax_twin
 
 
-def _is_int(x) -> bool:
+def _is_int_array(x) -> bool:
     return jnp.issubdtype(x.dtype, jnp.integer)
 
 
 def _targets(labels, logits):
     """Target probabilities y, (..., C): one-hot rows for integer ids, else labels."""
-    if _is_int(labels):
+    if _is_int_array(labels):
         if labels.dtype.itemsize < 4:  # uint8 ids must not wrap around in arange(C)
             labels = labels.astype(jnp.int32)
         classes = jnp.arange(logits.shape[-1], dtype=labels.dtype)
@@ -54,9 +63,15 @@ def _targets(labels, logits):
     return labels
 
 
+def _log_p_of_targets(y, log_p):
+    """log p, except 0 where y = 0 and p = 0: the convention 0 · log 0 = 0, so that a
+    masked −inf logit with a zero target adds nothing, in the loss and in ȳ."""
+    return jnp.where((y == 0) & (log_p == -jnp.inf), 0, log_p)
+
+
 def _cross_entropy_sum(y, log_p):
-    """−Σ y log p, with 0 · log 0 = 0 (a masked −inf logit with zero target adds 0)."""
-    return -jnp.sum(jnp.where(y > 0, y * log_p, 0))
+    """−Σ y log p for any y (negative or unnormalised targets included), 0 · log 0 = 0."""
+    return -jnp.sum(y * _log_p_of_targets(y, log_p))
 
 
 # --- softmax_cross_entropy -------------------------------------------------------
@@ -89,9 +104,9 @@ def _softmax_cross_entropy_bwd(res, g):
     """z̄ = ḡ (p Σy − y) / B, i.e. ḡ (p − y) / B;  ȳ = −ḡ log p / B for probabilities."""
     log_p, labels, like = res
     scale = g.astype(log_p.dtype) / numel(log_p.shape[:-1])
-    y = _targets(labels if _is_int(labels) else labels.astype(log_p.dtype), log_p)
+    y = _targets(labels if _is_int_array(labels) else labels.astype(log_p.dtype), log_p)
     logits_bar = scale * (jnp.exp(log_p) * jnp.sum(y, axis=-1, keepdims=True) - y)
-    labels_bar = None if _is_int(labels) else (-scale * log_p).astype(labels.dtype)
+    labels_bar = None if _is_int_array(labels) else (-scale * _log_p_of_targets(y, log_p)).astype(labels.dtype)
     return logits_bar.astype(like.dtype), labels_bar
 
 
@@ -105,7 +120,9 @@ def _softmax_cross_entropy_args(logits, labels):
             f"{fn}: logits must have a class axis (B, C) or (C,), got shape "
             f"{logits.shape}"
         )
-    if _is_int(labels):
+    require_nonempty(fn, logits, -1, "class")
+    require_some(fn, numel(logits.shape[:-1]), "example", logits.shape)
+    if _is_int_array(labels):
         if labels.shape != logits.shape[:-1]:
             raise ValueError(
                 f"{fn}: integer labels have shape {labels.shape} but logits have "
@@ -143,6 +160,10 @@ def softmax_cross_entropy(logits, labels) -> jax.Array:
     targets that sum to one); for probability labels also ``∂L/∂y = −log p / B``.
     Keeps log p (and the labels). Finite for logits of ±1e4.
 
+    The formula holds for any float targets: negative or unnormalised ones are not
+    dropped or clipped (values cannot be checked under jit), and the rule and its twin
+    agree on them. 0 · log 0 = 0: a −inf logit with target 0 adds nothing.
+
     Args:
       logits: ``(B, C)``, or ``(..., C)`` with any leading axes (B is their product),
         or ``(C,)`` for one example.
@@ -152,7 +173,12 @@ def softmax_cross_entropy(logits, labels) -> jax.Array:
         :func:`check_labels`.
 
     Returns:
-      The scalar mean loss.
+      The scalar mean loss, in float32 at least.
+
+    Raises:
+      ValueError: on 0 classes or 0 examples (the mean of nothing is NaN), or labels
+        of the wrong shape.
+      TypeError: on integer logits, labels neither int nor float, or mixed float dtypes.
     """
     return _SOFTMAX_CROSS_ENTROPY.core(*_SOFTMAX_CROSS_ENTROPY.prepare(logits, labels))
 
@@ -168,7 +194,9 @@ def check_labels(labels, num_classes: int) -> np.ndarray:
       TypeError: if labels are not integers.
       ValueError: if any id is outside ``[0, num_classes)``, naming the first one.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+    if isinstance(num_classes, np.integer):
+        num_classes = int(num_classes)
+    if not is_int(num_classes, 1):
         raise TypeError(f"check_labels: num_classes must be a positive int, got {num_classes!r}; pass e.g. 10")
     arr = np.asarray(labels)
     if not np.issubdtype(arr.dtype, np.integer):
@@ -194,6 +222,7 @@ def _same_shape_args(fn: str, a_name: str, b_name: str):
         a, b = as_float_array(fn, a_name, a), as_float_array(fn, b_name, b)
         require_same_shape(fn, a_name, a, b_name, b)
         require_same_dtype(fn, **{a_name: a, b_name: b})
+        require_some(fn, a.size, "element", a.shape)
         return a, b
 
     return prepare
@@ -230,7 +259,8 @@ def mse(pred, target) -> jax.Array:
 
     Backward: ``∂L/∂pred = 2 (pred − target) / N = −∂L/∂target``. Keeps the
     difference. Shapes must match exactly: no broadcasting, which would silently turn
-    a ``(B, 1)`` against ``(B,)`` mistake into a ``(B, B)`` loss.
+    a ``(B, 1)`` against ``(B,)`` mistake into a ``(B, B)`` loss. N = 0 (an empty
+    batch) is a ValueError: the mean of nothing is NaN.
     """
     return _MSE.core(*_MSE.prepare(pred, target))
 
@@ -271,7 +301,9 @@ def sigmoid_binary_cross_entropy(logits, targets) -> jax.Array:
 
     ``L = (1/N) Σ [softplus(z) − y z]``, the stable form of
     ``−y log σ(z) − (1 − y) log(1 − σ(z))``; finite for logits of ±1e4. Backward:
-    ``∂L/∂z = (σ(z) − y) / N``, ``∂L/∂y = −z / N``. Keeps the inputs.
+    ``∂L/∂z = (σ(z) − y) / N``, ``∂L/∂y = −z / N``. Keeps the inputs. The loss is
+    linear in y, so targets outside [0, 1] follow the same formula in the rule and its
+    twin (nothing is clipped); N = 0 is a ValueError (the mean of nothing is NaN).
 
     Args:
       logits: any shape.

@@ -13,7 +13,8 @@ sliced off at the end.
   inputs in that window (``count_include_pad=False``);
 - max: the whole ``ḡ`` goes to the window's maximum. Ties: the *first* maximum in
   row-major order within the window (smallest i, then smallest j) takes it all, the
-  others get zero. The residual is that offset, one uint8 per output element.
+  others get zero. A NaN counts as a window's maximum (the output is NaN), so the
+  first NaN takes it. The residual is that offset, one uint8 per output element.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 from jax import lax
 
 from funcprop.rules._core import as_float_array, custom_rule, implements
-from funcprop.rules._spatial import check_fits, explicit_padding, out_size, pair, padding_spec
+from funcprop.rules._spatial import check_fits, explicit_padding, out_size, padding_spec, window_and_stride
 
 
 def _offsets(window):
@@ -60,8 +61,7 @@ def _pad(x, pads, value):
 
 def pool_static(fn: str, spatial, window, stride, padding):
     """Normalize a pool's static arguments: (window, stride, explicit pads)."""
-    window = pair(fn, "window", window)
-    stride = window if stride is None else pair(fn, "stride", stride)
+    window, stride = window_and_stride(fn, window, stride)
     return window, stride, explicit_padding(padding_spec(fn, padding), spatial, window, stride)
 
 
@@ -78,19 +78,33 @@ def _one_example_too(pool):
 # --- max_pool2d ----------------------------------------------------------------------
 
 
-@_one_example_too
-def max_pool2d_twin(x, window, stride=None, padding="VALID"):
-    """Plain twin of :func:`max_pool2d`: ``lax.reduce_window`` with ``max``."""
-    window, stride, pads = pool_static("max_pool2d", x.shape[1:3], window, stride, padding)
-    return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *stride, 1), ((0, 0), *pads, (0, 0)))
-
-
-def _max_pool2d_fwd(x, window, stride, pads):
+def _first_maximum(x, window, stride, pads):
+    """(value, offset) of each window's first maximum in row-major order, over the
+    input padded with −∞. ``jnp.argmax`` counts NaN as the maximum, so a window holding
+    a NaN gives NaN and routes ḡ to its first NaN."""
     out_hw = _out_hw(x.shape[1:3], window, stride, pads)
     xp = _pad(x, pads, -jnp.inf)
     patches = jnp.stack([_window_slice(xp, i, j, out_hw, stride) for i, j in _offsets(window)])
-    arg = jnp.argmax(patches, axis=0).astype(jnp.uint8)  # first maximum on ties
-    return jnp.max(patches, axis=0), (arg, x.shape[1:3])
+    arg = jnp.argmax(patches, axis=0)
+    return jnp.take_along_axis(patches, arg[None], axis=0)[0], arg
+
+
+@_one_example_too
+def max_pool2d_twin(x, window, stride=None, padding="VALID"):
+    """Plain twin of :func:`max_pool2d`: each window's element at its first maximum
+    (``argmax`` over the window, then a gather), so autodiff routes ḡ as the rule does.
+
+    ``lax.reduce_window`` with ``max`` gives the same values (``tests/test_conv.py``
+    checks it) and, differentiated, the same ḡ except where a window holds a NaN: there
+    XLA's select sends ḡ to an element that depends on the NaN's position.
+    """
+    window, stride, pads = pool_static("max_pool2d", x.shape[1:3], window, stride, padding)
+    return _first_maximum(x, window, stride, pads)[0]
+
+
+def _max_pool2d_fwd(x, window, stride, pads):
+    out, arg = _first_maximum(x, window, stride, pads)
+    return out, (arg.astype(jnp.uint8), x.shape[1:3])  # uint8: pool_args caps a window at 255
 
 
 def _max_pool2d_bwd(window, stride, pads, res, g):
@@ -187,7 +201,8 @@ def _batched(core, x, *static):
 def max_pool2d(x, window, stride=None, padding="VALID") -> jax.Array:
     """Max over each ``window``, NHWC; backward routes ḡ to the maximum.
 
-    Ties: the first maximum of a window in row-major order takes the whole gradient.
+    Ties: the first maximum of a window in row-major order takes the whole gradient;
+    a NaN counts as the maximum (the output is NaN and the first NaN takes ḡ).
     Padding is −∞ (it never wins over a real input). Keeps one uint8 per output
     element (the offset of the maximum).
 

@@ -18,6 +18,7 @@ from funcprop.rules._core import (
     custom_rule,
     implements,
     normalize_axis,
+    require_nonempty,
 )
 
 
@@ -33,7 +34,9 @@ def _axis_args(fn: str):
         z = as_float_array(fn, "z", z)
         if z.ndim < 1:
             raise ValueError(f"{fn}: z must have rank >= 1, got shape {z.shape}")
-        return z, normalize_axis(fn, axis, z.ndim)
+        axis = normalize_axis(fn, axis, z.ndim)
+        require_nonempty(fn, z, axis, "class")  # a softmax over 0 classes has no max to shift by
+        return z, axis
 
     return prepare
 
@@ -65,7 +68,7 @@ def softmax(z, axis: int = -1) -> jax.Array:
     ``diag(p) − p pᵀ`` is never formed. Keeps p.
 
     Args:
-      z: ``(..., C, ...)`` logits, rank ≥ 1.
+      z: ``(..., C, ...)`` logits, rank ≥ 1, C ≥ 1 (other axes may be empty).
       axis: a static int, the class axis.
 
     Returns:
@@ -102,7 +105,7 @@ def log_softmax(z, axis: int = -1) -> jax.Array:
     Backward: ``z̄ = ḡ − p Σ ḡ`` (p = exp of the saved output). Keeps log p.
 
     Args:
-      z: ``(..., C, ...)`` logits, rank ≥ 1.
+      z: ``(..., C, ...)`` logits, rank ≥ 1, C ≥ 1 (other axes may be empty).
       axis: a static int, the class axis.
     """
     return _LOG_SOFTMAX.core(*_LOG_SOFTMAX.prepare(z, axis))
