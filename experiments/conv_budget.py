@@ -58,8 +58,11 @@ from funcprop.rules.conv import _NHWC, _conv2d_bwd, conv_static
 SCAN = 8  # iterations of the rolled scan, and steps of the epoch
 TOL = 1e-4  # max |form - reference| / max |reference|
 SLOW = 1.0  # seconds a call, beyond which a timer runs in round 1 only
-RULE = {"forward": "canonical NHWC/HWIO", "input gradient": "(a) flipped swapped kernel, canonical (rule)",
-        "kernel gradient": "(a) transposes + canonical conv (rule)"}
+RULE = {
+    "forward": "canonical NHWC/HWIO",
+    "input gradient": "(a) flipped swapped kernel, canonical (rule)",
+    "kernel gradient": "(a) transposes + canonical conv (rule)",
+}
 
 
 def conv(a, b, pads, dims=_NHWC):
@@ -70,7 +73,7 @@ def taps(x, delta, kh, kw, pads):
     """The kh·kw windows X_pad[:, i:i+H_out, j:j+W_out, :], i-major."""
     x_pad = jnp.pad(x, ((0, 0), *pads, (0, 0)))
     ho, wo = delta.shape[1:3]
-    return [x_pad[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)]
+    return [x_pad[:, i : i + ho, j : j + wo, :] for i in range(kh) for j in range(kw)]
 
 
 def forms(k_shape, pads):
@@ -93,11 +96,13 @@ def forms(k_shape, pads):
             RULE["input gradient"]: lambda d, k: conv(d, jnp.swapaxes(k[::-1, ::-1], 2, 3), t_pads),
             "(b) flipped kernel as HWOI": lambda d, k: conv(d, k[::-1, ::-1], t_pads, ("NHWC", "HWOI", "NHWC")),
             "(c) lax.conv_transpose": lambda d, k: lax.conv_transpose(
-                d, k, (1, 1), t_pads, dimension_numbers=_NHWC, transpose_kernel=True),
+                d, k, (1, 1), t_pads, dimension_numbers=_NHWC, transpose_kernel=True
+            ),
         },
         "kernel gradient": {
             RULE["kernel gradient"]: lambda x, d: jnp.transpose(
-                conv(jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(d, (1, 2, 0, 3)), pads), (1, 2, 0, 3)),
+                conv(jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(d, (1, 2, 0, 3)), pads), (1, 2, 0, 3)
+            ),
             "(b) CHWN/IHWO/HWNC, no transposes (old rule)": lambda x, d: conv(x, d, pads, ("CHWN", "IHWO", "HWNC")),
             "(c) kh·kw shifted matmuls": shifted,
             "(d) im2col, one matmul": im2col,
@@ -108,14 +113,17 @@ def forms(k_shape, pads):
 def check(name, got, want):
     err = float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
     if got.shape != want.shape or not err <= TOL:
-        raise AssertionError(f"conv_budget: {name} is wrong: shape {got.shape} (want {want.shape}), "
-                             f"max error {err:.2e} of the reference's max (tolerance {TOL:.0e})")
+        raise AssertionError(
+            f"conv_budget: {name} is wrong: shape {got.shape} (want {want.shape}), "
+            f"max error {err:.2e} of the reference's max (tolerance {TOL:.0e})"
+        )
     return err
 
 
 def timers(f, a, b):
     """(standalone, in-scan) timers ``run(calls) -> seconds per call`` of one iteration
     ``s -> 1e-3·mean(f(a + s, b + s))`` and of SCAN of them in a rolled scan."""
+
     def body(s, a, b):
         return 1e-3 * jnp.mean(f(a + s, b + s))
 
@@ -172,11 +180,26 @@ def measure(hw, batch, rounds, target, log):
         for part, fs in forms(k_shape, pads).items():
             for form, f in fs.items():
                 err = check(f"conv {layer} {part} {form}", jax.jit(f)(*operands[part]), refs[part])
-                rows.append({"conv": layer, "shape": f"{c_in}→{c_out} {kh}×{kw}", "part": part, "form": form,
-                             "flops": 2.0 * batch * hw * hw * kh * kw * c_in * c_out, "max_rel_error": err})
+                rows.append(
+                    {
+                        "conv": layer,
+                        "shape": f"{c_in}→{c_out} {kh}×{kw}",
+                        "part": part,
+                        "form": form,
+                        "flops": 2.0 * batch * hw * hw * kh * kw * c_in * c_out,
+                        "max_rel_error": err,
+                    }
+                )
                 runs[len(rows) - 1] = timers(f, *operands[part])
-    rows.append({"conv": "-", "shape": "", "part": "training step", "form": "rules step; epoch per step in scan",
-                 "flops": step_flops})
+    rows.append(
+        {
+            "conv": "-",
+            "shape": "",
+            "part": "training step",
+            "form": "rules step; epoch per step in scan",
+            "flops": step_flops,
+        }
+    )
     runs[len(rows) - 1] = (step, epoch)
     timed = {(i, mode): run for i, pair in runs.items() for mode, run in enumerate(pair)}
     calls, times, slow = {}, {key: [] for key in timed}, set()
@@ -205,30 +228,56 @@ def worker(flag, args):
     in_effect = xla_flags.conv_flag_in_effect()
     log(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; convs out of YNNPACK: {in_effect}")
     results = [measure(hw, args.batch, args.rounds, args.target, log) for hw in args.hw]
-    print(json.dumps({"flag": flag, "flag_in_effect": in_effect, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-                      "jax": jax.__version__, "results": results}))
+    print(
+        json.dumps(
+            {
+                "flag": flag,
+                "flag_in_effect": in_effect,
+                "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                "jax": jax.__version__,
+                "results": results,
+            }
+        )
+    )
 
 
 def spawn(flag, args):
     env = dict(os.environ)  # funcprop's import put the flag here: take it out, let the worker decide
     env["XLA_FLAGS"] = " ".join(t for t in env.get("XLA_FLAGS", "").split() if not t.startswith(xla_flags.FLAG_NAME))
     env["FUNCPROP_XLA_FLAGS"] = "1" if flag == "yes" else "0"
-    cmd = [sys.executable, __file__, "--worker", flag, "--batch", str(args.batch), "--rounds", str(args.rounds),
-           "--target", str(args.target), "--hw", *map(str, args.hw)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        flag,
+        "--batch",
+        str(args.batch),
+        "--rounds",
+        str(args.rounds),
+        "--target",
+        str(args.target),
+        "--hw",
+        *map(str, args.hw),
+    ]
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
     if proc.returncode:
         raise SystemExit(f"conv_budget: the worker with flag {flag} failed (exit {proc.returncode})")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     if out["flag_in_effect"] != (flag == "yes"):
-        raise SystemExit(f"conv_budget: the worker with flag {flag} compiled convs "
-                         f"{'without' if out['flag_in_effect'] else 'with'} YNNPACK; the comparison would be void")
+        raise SystemExit(
+            f"conv_budget: the worker with flag {flag} compiled convs "
+            f"{'without' if out['flag_in_effect'] else 'with'} YNNPACK; the comparison would be void"
+        )
     return out
 
 
 def rule_sum(rows, key):
     """Seconds of the convs as the rule does them (conv 1's input gradient is dropped)."""
-    return sum(r[key] for r in rows if r["part"] in RULE and r["form"] == RULE[r["part"]]
-               and not (r["conv"] == 1 and r["part"] == "input gradient"))
+    return sum(
+        r[key]
+        for r in rows
+        if r["part"] in RULE and r["form"] == RULE[r["part"]] and not (r["conv"] == 1 and r["part"] == "input gradient")
+    )
 
 
 def markdown(runs, batch) -> str:
@@ -238,29 +287,38 @@ def markdown(runs, batch) -> str:
         hw = result["hw"]
         for flag in ("yes", "no"):
             rows = runs[flag]["results"][i]["rows"]
-            lines += [f"### {hw}×{hw}, batch {batch}, flag {flag} "
-                      f"({'Eigen convs' if flag == 'yes' else 'YNNPACK convs, XLA default'})", "",
-                      "| conv | part | form | GFLOP | standalone (ms) | GFLOP/s | in scan (ms/iter) | GFLOP/s "
-                      "| in scan ÷ standalone |", "|---|---|---|---|---|---|---|---|---|"]
+            lines += [
+                f"### {hw}×{hw}, batch {batch}, flag {flag} "
+                f"({'Eigen convs' if flag == 'yes' else 'YNNPACK convs, XLA default'})",
+                "",
+                "| conv | part | form | GFLOP | standalone (ms) | GFLOP/s | in scan (ms/iter) | GFLOP/s "
+                "| in scan ÷ standalone |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
             for r in rows:
                 a, b, f = r["standalone_s"], r["in_scan_s"], r["flops"]
-                lines.append(f"| {r['conv']} {r['shape']} | {r['part']} | {r['form']} | {f / 1e9:.3f} | {ms(a)} | "
-                             f"{rate(f, a)} | {ms(b)} | {rate(f, b)} | {b / a:.2f} |")
+                lines.append(
+                    f"| {r['conv']} {r['shape']} | {r['part']} | {r['form']} | {f / 1e9:.3f} | {ms(a)} | "
+                    f"{rate(f, a)} | {ms(b)} | {rate(f, b)} | {b / a:.2f} |"
+                )
             a, b = rule_sum(rows, "standalone_s"), rule_sum(rows, "in_scan_s")
             lines += [f"| all | convs as the rule does them (sum) | | | {ms(a)} | | {ms(b)} | | {b / a:.2f} |", ""]
         lines += [f"Fastest, {hw}×{hw} (across forms and flags):", ""]
         rows = {flag: runs[flag]["results"][i]["rows"] for flag in ("yes", "no")}
         for j, r in enumerate(rows["yes"]):
-            if r["part"] == "training step" or any(s["conv"] == r["conv"] and s["part"] == r["part"]
-                                                   for s in rows["yes"][:j]):
+            if r["part"] == "training step" or any(
+                s["conv"] == r["conv"] and s["part"] == r["part"] for s in rows["yes"][:j]
+            ):
                 continue
             same = [(flag, s) for flag in rows for s in rows[flag] if (s["conv"], s["part"]) == (r["conv"], r["part"])]
             text = []
             for key, label in (("in_scan_s", "in scan"), ("standalone_s", "standalone")):
                 flag, best = min(same, key=lambda fs: fs[1][key])
                 rule = {f: s[key] for f, s in same if s["form"] == RULE[r["part"]]}
-                text.append(f"{label} {best['form']}, flag {flag}, {ms(best[key])} ms "
-                            f"(the rule's: {ms(rule['yes'])} ms flag yes, {ms(rule['no'])} ms flag no)")
+                text.append(
+                    f"{label} {best['form']}, flag {flag}, {ms(best[key])} ms "
+                    f"(the rule's: {ms(rule['yes'])} ms flag yes, {ms(rule['no'])} ms flag no)"
+                )
             lines.append(f"- conv {r['conv']} {r['part']}: " + "; ".join(text))
         lines.append("")
     return "\n".join(lines)
@@ -280,8 +338,10 @@ def main(argv=None):
     args.rounds = args.rounds or (2 if args.quick else 7)
     args.target = args.target or (0.02 if args.quick else 0.1)
     if min(args.hw) < 2 or args.batch < 1 or args.rounds < 1 or args.target <= 0:
-        parser.error(f"expected --hw of at least 2 and a positive --batch, --rounds and --target, got --hw {args.hw} "
-                     f"--batch {args.batch} --rounds {args.rounds} --target {args.target}")
+        parser.error(
+            f"expected --hw of at least 2 and a positive --batch, --rounds and --target, got --hw {args.hw} "
+            f"--batch {args.batch} --rounds {args.rounds} --target {args.target}"
+        )
     if args.worker:
         return worker(args.worker, args)
     runs = {flag: spawn(flag, args) for flag in ("yes", "no")}
@@ -289,9 +349,20 @@ def main(argv=None):
     print(text)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "conv_budget.json").write_text(json.dumps(
-        {"hw": args.hw, "batch": args.batch, "rounds": args.rounds, "target_s": args.target, "scan_length": SCAN,
-         "tolerance": TOL, "runs": runs}, indent=2))
+    (out / "conv_budget.json").write_text(
+        json.dumps(
+            {
+                "hw": args.hw,
+                "batch": args.batch,
+                "rounds": args.rounds,
+                "target_s": args.target,
+                "scan_length": SCAN,
+                "tolerance": TOL,
+                "runs": runs,
+            },
+            indent=2,
+        )
+    )
     (out / "conv_budget.md").write_text(text)
 
 

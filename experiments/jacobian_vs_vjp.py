@@ -47,14 +47,21 @@ def main(argv=None):
         agree = float(jnp.max(jnp.abs(jac[0] - vjp[0])) / jnp.max(jnp.abs(vjp[0])))
         for method, fn in [("jacobian chain", backprop.jacobian_layer_grads), ("vjp", backprop.vjp_layer_grads)]:
             seconds, memory = measure(fn, layer, args.repeats)
-            rows.append({"method": method, "width": n, "time_s": seconds, "memory_bytes": memory, "max_rel_diff": agree})
+            rows.append(
+                {"method": method, "width": n, "time_s": seconds, "memory_bytes": memory, "max_rel_diff": agree}
+            )
             print(f"n={n:5d} {method:15s} {seconds * 1e3:9.3f} ms {memory / 2**20:10.3f} MiB  (agree to {agree:.1e})")
 
     (out / "jacobian_vs_vjp.json").write_text(json.dumps({"device": str(jax.devices()[0]), "rows": rows}, indent=2))
-    lines = ["| width n=m | Jacobian chain time (ms) | VJP time (ms) | Jacobian memory (MiB) | VJP memory (MiB) |", "|---|---|---|---|---|"]
+    lines = [
+        "| width n=m | Jacobian chain time (ms) | VJP time (ms) | Jacobian memory (MiB) | VJP memory (MiB) |",
+        "|---|---|---|---|---|",
+    ]
     for n in args.widths:
         j, v = [next(r for r in rows if r["width"] == n and r["method"] == m) for m in ("jacobian chain", "vjp")]
-        lines.append(f"| {n} | {j['time_s'] * 1e3:.3f} | {v['time_s'] * 1e3:.3f} | {j['memory_bytes'] / 2**20:.3f} | {v['memory_bytes'] / 2**20:.3f} |")
+        lines.append(
+            f"| {n} | {j['time_s'] * 1e3:.3f} | {v['time_s'] * 1e3:.3f} | {j['memory_bytes'] / 2**20:.3f} | {v['memory_bytes'] / 2**20:.3f} |"
+        )
     (out / "jacobian_vs_vjp.md").write_text("\n".join(lines) + "\n")
     plots.plot_scaling(rows, out / "jacobian_vs_vjp.png")
     print(f"wrote {out}/jacobian_vs_vjp.{{json,md,png}}")

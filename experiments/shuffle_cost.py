@@ -34,8 +34,13 @@ def shuffle_times(sizes, repeats):
         by_sort = jax.jit(lambda key, n=n: jax.random.permutation(key, n))
         feistel = jax.jit(lambda key, n=n: shuffle.permutation(key, n))
         key = jax.random.key(0)
-        rows.append({"n": n, "jax.random.permutation_ms": 1e3 * median_seconds(by_sort, key, repeats=repeats),
-                     "funcprop.shuffle.permutation_ms": 1e3 * median_seconds(feistel, key, repeats=repeats)})
+        rows.append(
+            {
+                "n": n,
+                "jax.random.permutation_ms": 1e3 * median_seconds(by_sort, key, repeats=repeats),
+                "funcprop.shuffle.permutation_ms": 1e3 * median_seconds(feistel, key, repeats=repeats),
+            }
+        )
     return rows
 
 
@@ -60,17 +65,24 @@ def seed_epoch_times(batches: int, repeats: int):
         def epoch(p, s, key):
             order = order_fn(key, n).reshape(batches, batch)
             return jax.lax.scan(lambda c, i: step(c, x[i], y[i]), (p, s), order)
+
         return jax.jit(epoch)
 
     def unshuffled(p, s, key):
-        return jax.lax.scan(lambda c, xy: step(c, *xy), (p, s), (x.reshape(batches, batch, 2), y.reshape(batches, batch)))
+        return jax.lax.scan(
+            lambda c, xy: step(c, *xy), (p, s), (x.reshape(batches, batch, 2), y.reshape(batches, batch))
+        )
 
-    variants = {"funcprop.shuffle.permutation": epoch_with(shuffle.permutation),
-                "jax.random.permutation": epoch_with(jax.random.permutation),
-                "no shuffle": jax.jit(unshuffled)}
+    variants = {
+        "funcprop.shuffle.permutation": epoch_with(shuffle.permutation),
+        "jax.random.permutation": epoch_with(jax.random.permutation),
+        "no shuffle": jax.jit(unshuffled),
+    }
     opt_state, key = optimizer.init(params), jax.random.key(2)
-    return {name: 1e6 * median_seconds(fn, params, opt_state, key, repeats=repeats) / batches
-            for name, fn in variants.items()}
+    return {
+        name: 1e6 * median_seconds(fn, params, opt_state, key, repeats=repeats) / batches
+        for name, fn in variants.items()
+    }
 
 
 def main(argv=None):
@@ -89,7 +101,9 @@ def main(argv=None):
         print(f"| {b} batches (µs/step) | " + " | ".join(f"{v:.1f}" for v in row.values()) + " |")
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "shuffle_cost.json").write_text(json.dumps({"shuffles": shuffles, "seed_epoch_us_per_step": epochs}, indent=2))
+    (out / "shuffle_cost.json").write_text(
+        json.dumps({"shuffles": shuffles, "seed_epoch_us_per_step": epochs}, indent=2)
+    )
 
 
 if __name__ == "__main__":

@@ -108,13 +108,18 @@ def measure(sizes, batch, rounds):
     runners["step"] = [compiled, state]
     times = bench._interleaved(runners, rounds, 1, x, y)
     rates = {name: flops / min(times[name]) for name, (_, flops) in squares.items()}
-    return {"sizes": list(sizes), "batch": batch, "rounds": rounds,
-            "peak_flops": max(rates.values()), "square_matmul_flops": rates,
-            "step_flops": bench._flops(compiled),
-            "median_s": {name: statistics.median(ts) for name, ts in times.items() if name not in squares},
-            "fastest_s": {name: min(ts) for name, ts in times.items() if name not in squares},
-            "matmul_flops": {name: flops for name, (_, flops, _) in matmuls.items()},
-            "stands_for": {name: base for name, (_, _, base) in matmuls.items()}}
+    return {
+        "sizes": list(sizes),
+        "batch": batch,
+        "rounds": rounds,
+        "peak_flops": max(rates.values()),
+        "square_matmul_flops": rates,
+        "step_flops": bench._flops(compiled),
+        "median_s": {name: statistics.median(ts) for name, ts in times.items() if name not in squares},
+        "fastest_s": {name: min(ts) for name, ts in times.items() if name not in squares},
+        "matmul_flops": {name: flops for name, (_, flops, _) in matmuls.items()},
+        "stands_for": {name: base for name, (_, _, base) in matmuls.items()},
+    }
 
 
 def bounds(result, seconds) -> dict:
@@ -142,19 +147,26 @@ def markdown(result, by_median, by_fastest) -> str:
     peak = result["peak_flops"]
     squares = ", ".join(f"{name}: {r / 1e9:.0f}" for name, r in result["square_matmul_flops"].items())
     matmul_total = sum(f for n, f in result["matmul_flops"].items() if result["stands_for"][n] == n)
-    lines = [f"MLP {'-'.join(map(str, result['sizes']))} at batch {result['batch']}, {result['rounds']} "
-             f"interleaved rounds. Matmul peak {peak / 1e9:.0f} GFLOP/s, the fastest call of the square "
-             f"matmuls ({squares} GFLOP/s). The step: {result['step_flops'] / 1e9:.2f} GFLOP by XLA's count, "
-             f"of which its matmuls {matmul_total / 1e9:.2f}.", "",
-             "| matmul | median (ms) | GFLOP/s | % of peak |", "|---|---|---|---|"]
+    lines = [
+        f"MLP {'-'.join(map(str, result['sizes']))} at batch {result['batch']}, {result['rounds']} "
+        f"interleaved rounds. Matmul peak {peak / 1e9:.0f} GFLOP/s, the fastest call of the square "
+        f"matmuls ({squares} GFLOP/s). The step: {result['step_flops'] / 1e9:.2f} GFLOP by XLA's count, "
+        f"of which its matmuls {matmul_total / 1e9:.2f}.",
+        "",
+        "| matmul | median (ms) | GFLOP/s | % of peak |",
+        "|---|---|---|---|",
+    ]
     for name, flops in result["matmul_flops"].items():
         t = result["median_s"][name]
         lines.append(f"| {name} | {t * 1e3:.2f} | {flops / t / 1e9:.0f} | {100 * flops / t / peak:.1f} |")
     lines += ["", "| total | from medians | from fastest calls |", "|---|---|---|"]
     for label in by_median:
         a, b = by_median[label], by_fastest[label]
-        shown = (f"{100 * a:.1f}% | {100 * b:.1f}%" if label.startswith(("bound", "step,"))
-                 else f"{a * 1e3:.1f} ms | {b * 1e3:.1f} ms")
+        shown = (
+            f"{100 * a:.1f}% | {100 * b:.1f}%"
+            if label.startswith(("bound", "step,"))
+            else f"{a * 1e3:.1f} ms | {b * 1e3:.1f} ms"
+        )
         lines.append(f"| {label.replace(' (s)', '')} | {shown} |")
     return "\n".join(lines) + "\n"
 
@@ -167,8 +179,10 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args(argv)
     if len(args.sizes) < 2 or min(args.sizes) < 1 or args.batch < 1 or args.rounds < 1:
-        parser.error(f"expected --sizes of at least two positive widths and a positive --batch and --rounds, "
-                     f"got --sizes {args.sizes} --batch {args.batch} --rounds {args.rounds}")
+        parser.error(
+            f"expected --sizes of at least two positive widths and a positive --batch and --rounds, "
+            f"got --sizes {args.sizes} --batch {args.batch} --rounds {args.rounds}"
+        )
     result = measure(args.sizes, args.batch, args.rounds)
     by_median, by_fastest = bounds(result, result["median_s"]), bounds(result, result["fastest_s"])
     text = markdown(result, by_median, by_fastest)

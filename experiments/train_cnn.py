@@ -27,9 +27,11 @@ def main(argv=None):
     (out / "comparison.json").write_text(json.dumps({"cnn": cnn, "mlp": mlp}, indent=2))
     for name, s in (("cnn", cnn), ("mlp", mlp)):
         reached = "not reached" if s["time_to_target_s"] is None else f"{s['time_to_target_s']:.2f} s"
-        print(f"{name}: {s['model']}, {s['parameters']} parameters, test accuracy {100 * s['test_accuracy']:.2f}% "
-              f"(best {100 * s['best_test_accuracy']:.2f}%), {100 * s['target']:.1f}% after {reached}, "
-              f"{1e3 * s['mean_epoch_s']:.1f} ms/epoch, {s['train_wall_s']:.1f} s in all")
+        print(
+            f"{name}: {s['model']}, {s['parameters']} parameters, test accuracy {100 * s['test_accuracy']:.2f}% "
+            f"(best {100 * s['best_test_accuracy']:.2f}%), {100 * s['target']:.1f}% after {reached}, "
+            f"{1e3 * s['mean_epoch_s']:.1f} ms/epoch, {s['train_wall_s']:.1f} s in all"
+        )
 
 
 if __name__ == "__main__":

@@ -30,11 +30,22 @@ def run_funcprop(ds, *, epochs: int, batch: int, seed: int) -> dict:
     start = time.perf_counter()
     model = nn.cnn(ds.num_classes)
     _, params = model.init(jax.random.key(seed), ds.example_shape)
-    result = train.train(model, params, optax.adam(1e-3), ds, epochs=epochs, batch_size=batch,
-                         key=jax.random.key(seed + 1), progress=False)
+    result = train.train(
+        model,
+        params,
+        optax.adam(1e-3),
+        ds,
+        epochs=epochs,
+        batch_size=batch,
+        key=jax.random.key(seed + 1),
+        progress=False,
+    )
     wall = time.perf_counter() - start
-    return {"wall_s": wall, "test_accuracy": result.history[-1]["test_accuracy"],
-            "epoch_s": [r["epoch_time_s"] for r in result.history]}
+    return {
+        "wall_s": wall,
+        "test_accuracy": result.history[-1]["test_accuracy"],
+        "epoch_s": [r["epoch_time_s"] for r in result.history],
+    }
 
 
 def run_torch(ds, *, epochs: int, batch: int, seed: int) -> dict:
@@ -52,17 +63,23 @@ def run_torch(ds, *, epochs: int, batch: int, seed: int) -> dict:
         model.train()
         order = torch.from_numpy(rng.permutation(len(x)))
         for i in range(n_batches):
-            idx = order[i * batch:(i + 1) * batch]
+            idx = order[i * batch : (i + 1) * batch]
             optimizer.zero_grad(set_to_none=True)
             torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
             optimizer.step()
         model.eval()
         with torch.no_grad():
-            correct = sum(int((model(x_test[i:i + 1024]).argmax(-1) == y_test[i:i + 1024]).sum())
-                          for i in range(0, len(x_test), 1024))
+            correct = sum(
+                int((model(x_test[i : i + 1024]).argmax(-1) == y_test[i : i + 1024]).sum())
+                for i in range(0, len(x_test), 1024)
+            )
         epoch_s.append(time.perf_counter() - t0)
-    return {"wall_s": time.perf_counter() - start, "test_accuracy": correct / len(x_test), "epoch_s": epoch_s,
-            "threads": torch.get_num_threads()}
+    return {
+        "wall_s": time.perf_counter() - start,
+        "test_accuracy": correct / len(x_test),
+        "epoch_s": epoch_s,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main(argv=None):
@@ -84,8 +101,10 @@ def main(argv=None):
     for name, run in sides:
         results[name] = run(ds, epochs=args.epochs, batch=args.batch_size, seed=args.seed)
         r = results[name]
-        print(f"{name:14s} {r['wall_s']:6.2f} s for {args.epochs} epochs, compilation included "
-              f"(epochs {', '.join(f'{t:.2f}' for t in r['epoch_s'])} s); test accuracy {100 * r['test_accuracy']:.2f}%")
+        print(
+            f"{name:14s} {r['wall_s']:6.2f} s for {args.epochs} epochs, compilation included "
+            f"(epochs {', '.join(f'{t:.2f}' for t in r['epoch_s'])} s); test accuracy {100 * r['test_accuracy']:.2f}%"
+        )
     if "pytorch eager" in results:
         results["wall_ratio_funcprop_to_torch"] = results["funcprop"]["wall_s"] / results["pytorch eager"]["wall_s"]
         print(f"funcprop ÷ pytorch eager wall time: {results['wall_ratio_funcprop_to_torch']:.2f}")

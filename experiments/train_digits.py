@@ -29,8 +29,10 @@ def main(argv=None):
     def secs(x):
         return "not reached" if x is None else f"{x:.2f} s"
 
-    print(f"funcprop: test accuracy {100 * summary['test_accuracy']:.2f}%, 97% after {secs(summary['time_to_target_s'])} "
-          f"(compilation included); scikit-learn: 97% after {secs(sk['time_to_target_s'])} ({sk['epochs']} epochs)")
+    print(
+        f"funcprop: test accuracy {100 * summary['test_accuracy']:.2f}%, 97% after {secs(summary['time_to_target_s'])} "
+        f"(compilation included); scikit-learn: 97% after {secs(sk['time_to_target_s'])} ({sk['epochs']} epochs)"
+    )
 
 
 if __name__ == "__main__":

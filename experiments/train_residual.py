@@ -32,8 +32,17 @@ def run(arch, seed, epochs, gradient):
     model, title = build(arch, ds.example_shape, ds.num_classes, [256, 256], "relu")
     _, params = model.init(jax.random.key(seed), ds.example_shape)
     t0 = time.perf_counter()
-    result = train.train(model, params, optax.adamw(1e-3, weight_decay=1e-4), ds, epochs=epochs, batch_size=32,
-                         key=jax.random.key(seed + 1), gradient=gradient, progress=False)
+    result = train.train(
+        model,
+        params,
+        optax.adamw(1e-3, weight_decay=1e-4),
+        ds,
+        epochs=epochs,
+        batch_size=32,
+        key=jax.random.key(seed + 1),
+        gradient=gradient,
+        progress=False,
+    )
     wall = time.perf_counter() - t0
     return title, result, wall
 
@@ -57,20 +66,35 @@ def main(argv=None):
                     diffs = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), result.params, written_out.params)
                     max_diff = max(jax.tree.leaves(diffs))
                     backprop_acc = written_out.history[-1]["test_accuracy"]
-            rows.append({"arch": arch, "model": title, "seeds": args.seeds, "epochs": args.epochs,
-                         "test_accuracy": accs, "mean": float(np.mean(accs)), "std": float(np.std(accs)),
-                         "wall_s_median": float(np.median(walls)), "backprop_seed0_accuracy": backprop_acc,
-                         "rules_vs_backprop_max_param_diff": max_diff})
-            print(f"{arch}: mean {100 * rows[-1]['mean']:.2f}% ± {100 * rows[-1]['std']:.2f} over {args.seeds} seeds "
-                  f"{[round(100 * a, 2) for a in accs]}; backprop seed 0 {100 * backprop_acc:.2f}%, params differ by "
-                  f"at most {max_diff:.2e}; {rows[-1]['wall_s_median']:.1f} s per run", flush=True)
+            rows.append(
+                {
+                    "arch": arch,
+                    "model": title,
+                    "seeds": args.seeds,
+                    "epochs": args.epochs,
+                    "test_accuracy": accs,
+                    "mean": float(np.mean(accs)),
+                    "std": float(np.std(accs)),
+                    "wall_s_median": float(np.median(walls)),
+                    "backprop_seed0_accuracy": backprop_acc,
+                    "rules_vs_backprop_max_param_diff": max_diff,
+                }
+            )
+            print(
+                f"{arch}: mean {100 * rows[-1]['mean']:.2f}% ± {100 * rows[-1]['std']:.2f} over {args.seeds} seeds "
+                f"{[round(100 * a, 2) for a in accs]}; backprop seed 0 {100 * backprop_acc:.2f}%, params differ by "
+                f"at most {max_diff:.2e}; {rows[-1]['wall_s_median']:.1f} s per run",
+                flush=True,
+            )
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "residual.json").write_text(json.dumps(rows, indent=2))
     print("\n| model | mean test accuracy | std | seeds | backprop = rules (max param diff) |\n|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {100 * r['mean']:.2f}% | {100 * r['std']:.2f} | {r['seeds']} | "
-              f"{r['rules_vs_backprop_max_param_diff']:.1e} |")
+        print(
+            f"| {r['model']} | {100 * r['mean']:.2f}% | {100 * r['std']:.2f} | {r['seeds']} | "
+            f"{r['rules_vs_backprop_max_param_diff']:.1e} |"
+        )
 
 
 if __name__ == "__main__":

@@ -9,8 +9,23 @@ import sys
 
 from funcprop.cli import main
 
-DEFAULTS = ["train", "--dataset", "toy", "--arch", "seed", "--optimizer", "adam", "--lr", "0.03",
-            "--epochs", "300", "--batch-size", "32", "--out", "runs/toy"]
+DEFAULTS = [
+    "train",
+    "--dataset",
+    "toy",
+    "--arch",
+    "seed",
+    "--optimizer",
+    "adam",
+    "--lr",
+    "0.03",
+    "--epochs",
+    "300",
+    "--batch-size",
+    "32",
+    "--out",
+    "runs/toy",
+]
 
 if __name__ == "__main__":
     sys.exit(main(DEFAULTS + sys.argv[1:]))

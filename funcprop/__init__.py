@@ -10,15 +10,15 @@ apply_cpu_flags()  # before JAX's first compilation; see funcprop/xla_flags.py
 
 from importlib import metadata as _metadata
 
-from funcprop import rules  # noqa: E402
-from funcprop.rules import *  # noqa: E402, F403  (every rule: the one export list is rules.__all__)
 from funcprop import backprop as backprop  # the submodules, re-exported
 from funcprop import check as check
 from funcprop import checkpoint as checkpoint
 from funcprop import data as data
 from funcprop import nn as nn
+from funcprop import rules  # noqa: E402
 from funcprop import train as train
 from funcprop import xla_flags as xla_flags
+from funcprop.rules import *  # noqa: E402, F403  (every rule: the one export list is rules.__all__)
 
 try:
     __version__ = _metadata.version("funcprop")  # one version: pyproject.toml's

@@ -18,7 +18,8 @@ import secrets
 import socket
 import time
 import zlib
-from typing import BinaryIO, Callable
+from collections.abc import Callable
+from typing import BinaryIO
 
 HOST = f"{zlib.crc32(socket.gethostname().encode()):08x}"  # in temporary files' names
 STALE_AFTER_S = 3600  # a temporary of another host (or without a PID) untouched this long
@@ -34,8 +35,9 @@ def os_error(like: OSError, message: str) -> OSError:
 def refuse_directory(fn: str, path: pathlib.Path, example: str, what: str = "a file") -> None:
     """IsADirectoryError naming ``fn`` if ``path`` is a folder, suggesting ``path/example``."""
     if path.is_dir():
-        raise IsADirectoryError(f"{fn}: '{path}' is a directory, not {what}; pass a file path such as "
-                                f"'{path / example}'")
+        raise IsADirectoryError(
+            f"{fn}: '{path}' is a directory, not {what}; pass a file path such as '{path / example}'"
+        )
 
 
 def remove_stale_temporaries(path: pathlib.Path) -> None:
@@ -75,12 +77,21 @@ def check_target(fn: str, path: pathlib.Path, example: str, what: str = "a file"
     # os.replace would replace a read-only file (the folder's mode decides); root's
     # os.access allows everything, hence the mode bits as well.
     if path.exists() and not (path.stat().st_mode & 0o222 and os.access(path, os.W_OK)):
-        raise PermissionError(f"{fn}: '{path}' is read-only, so it was not replaced (it is kept as it is); "
-                              f"make it writable (chmod u+w) or choose another path")
+        raise PermissionError(
+            f"{fn}: '{path}' is read-only, so it was not replaced (it is kept as it is); "
+            f"make it writable (chmod u+w) or choose another path"
+        )
 
 
-def write(fn: str, path, fill: Callable[[BinaryIO], None], *, verify: Callable[[pathlib.Path], None] | None = None,
-          example: str = "file", what: str = "a file") -> pathlib.Path:
+def write(
+    fn: str,
+    path,
+    fill: Callable[[BinaryIO], None],
+    *,
+    verify: Callable[[pathlib.Path], None] | None = None,
+    example: str = "file",
+    what: str = "a file",
+) -> pathlib.Path:
     """Write ``path`` atomically: ``fill(f)`` writes the bytes into an open temporary,
     ``verify(tmp)`` may read it back (raising to abandon the write); errors name ``fn``.
 
@@ -97,8 +108,11 @@ def write(fn: str, path, fill: Callable[[BinaryIO], None], *, verify: Callable[[
     try:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     except OSError as err:
-        raise os_error(err, f"{fn}: cannot write '{path}': creating a file in its folder '{path.parent}' failed "
-                            f"({err.strerror}); make the folder writable or choose another path") from None
+        raise os_error(
+            err,
+            f"{fn}: cannot write '{path}': creating a file in its folder '{path.parent}' failed "
+            f"({err.strerror}); make the folder writable or choose another path",
+        ) from None
     try:
         with os.fdopen(fd, "w+b") as f:
             fill(f)
@@ -112,10 +126,14 @@ def write(fn: str, path, fill: Callable[[BinaryIO], None], *, verify: Callable[[
         if not isinstance(err, OSError):
             raise
         full = err.errno == errno.ENOSPC
-        raise os_error(err, (
-            f"{fn}: writing '{path}' failed{': the disk is full' if full else ''} ({err}); the previous file (if any) "
-            f"is intact and the temporary file was removed; {'free some space' if full else 'check the disk'} or "
-            f"choose another path")) from None
+        raise os_error(
+            err,
+            (
+                f"{fn}: writing '{path}' failed{': the disk is full' if full else ''} ({err}); the previous file (if any) "
+                f"is intact and the temporary file was removed; {'free some space' if full else 'check the disk'} or "
+                f"choose another path"
+            ),
+        ) from None
     _fsync_directory(path.parent)
     return path
 

@@ -21,16 +21,16 @@ from __future__ import annotations
 
 import statistics
 import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from funcprop import nn, train
-from funcprop.timing import timer
 from funcprop.bench_cases import CASES, QUICK_CASES, Case, case_data, case_flops
 from funcprop.rules.losses import softmax_cross_entropy
-
+from funcprop.timing import timer
 
 JAX_VARIANTS = {"rules": "rules", "jax.grad": "twins", "backprop": "backprop"}
 
@@ -60,7 +60,7 @@ def program_fingerprint(compiled) -> str:
     import re
 
     text = compiled.as_text()
-    body = text[text.index("\n%"):] if "\n%" in text else text
+    body = text[text.index("\n%") :] if "\n%" in text else text
     body = re.sub(r", metadata=\{[^}]*\}", "", body)
     body = re.sub(r"\.\d+\b", "", body)
     return hashlib.sha256(body.encode()).hexdigest()[:12]
@@ -196,11 +196,18 @@ def bench_case(case: Case, *, rounds: int, steps: int, with_torch: bool, log=pri
         r = rows[label]
         r["memory_ratio"] = r["temp_bytes"] / auto["temp_bytes"] if auto["temp_bytes"] else None
         r["residual_ratio"] = (
-            r["residual_bytes"] / auto["residual_bytes"] if r["residual_bytes"] is not None and auto["residual_bytes"] else None
+            r["residual_bytes"] / auto["residual_bytes"]
+            if r["residual_bytes"] is not None and auto["residual_bytes"]
+            else None
         )
     same = rows["rules"]["program"] == rows["backprop"]["program"]
-    return {"case": case.name, "batch": case.batch, "variants": rows, "rules_split": split,
-            "rules_and_backprop_same_program": same}
+    return {
+        "case": case.name,
+        "batch": case.batch,
+        "variants": rows,
+        "rules_split": split,
+        "rules_and_backprop_same_program": same,
+    }
 
 
 def epoch_batches(step_s: float, quick: bool) -> int:
@@ -241,9 +248,12 @@ def epoch_throughput(case: Case, *, batches: int, with_torch: bool, repeats: int
 
     timer(run_loop)(1)  # compile
     times = _interleaved({"scan": timer(run_epoch), "loop": timer(run_loop)}, repeats, 1, x, y)
-    out = {"case": case.name, "steps_per_epoch": batches,
-           "scan_epoch_steps_per_s": batches / statistics.median(times["scan"]),
-           "python_loop_steps_per_s": batches / statistics.median(times["loop"])}
+    out = {
+        "case": case.name,
+        "steps_per_epoch": batches,
+        "scan_epoch_steps_per_s": batches / statistics.median(times["scan"]),
+        "python_loop_steps_per_s": batches / statistics.median(times["loop"]),
+    }
     if with_torch:
         from funcprop import bench_torch
 
@@ -272,7 +282,9 @@ def run(out_dir, *, quick: bool = False, rounds: int | None = None, with_torch: 
     repeats = 3 if quick else 5
     rates = matmul_rates(peak_sizes, peak_dtype, repeats)
     peak = max(rates.values())
-    log(f"device {device.device_kind} ({device.platform}); matmul peak {peak / 1e9:.1f} GFLOP/s ({jnp.dtype(peak_dtype).name})")
+    log(
+        f"device {device.device_kind} ({device.platform}); matmul peak {peak / 1e9:.1f} GFLOP/s ({jnp.dtype(peak_dtype).name})"
+    )
     results = []
     for case in QUICK_CASES if quick else CASES:
         # about 50 ms of work per variant per round, at least one step
@@ -352,31 +364,44 @@ def markdown(report: dict) -> str:
                 f"{fmt(r['residual_bytes'], '.1f', 2**-10)} | {fmt(r.get('residual_ratio'), '.3f')} | "
                 f"{fmt(r['flops'], '.4f', 1e-9)} | {fmt(r.get('fraction_of_peak'), '.1f', 100)} |"
             )
-    lines += ["", "The `rules` step in halves, timed in the same rounds: the gradient alone (no optimizer) "
-              "and the optax Adam update alone (donated, a fixed gradient). On the small cases a call "
-              "is mostly dispatch, so the halves need not add up to the step.", "",
-              "| case | step (ms) | gradient alone (ms) | gradient % of peak | update alone (ms) | step % of peak |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "The `rules` step in halves, timed in the same rounds: the gradient alone (no optimizer) "
+        "and the optax Adam update alone (donated, a fixed gradient). On the small cases a call "
+        "is mostly dispatch, so the halves need not add up to the step.",
+        "",
+        "| case | step (ms) | gradient alone (ms) | gradient % of peak | update alone (ms) | step % of peak |",
+        "|---|---|---|---|---|---|",
+    ]
     for res in report["cases"]:
         r, split = res["variants"]["rules"], res["rules_split"]
-        lines.append(f"| {res['case']} | {r['step_s'] * 1e3:.3f} | {split['gradient alone'] * 1e3:.3f} | "
-                     f"{fmt(split.get('gradient_fraction_of_peak'), '.1f', 100)} | {split['update alone'] * 1e3:.3f} | "
-                     f"{fmt(r.get('fraction_of_peak'), '.1f', 100)} |")
+        lines.append(
+            f"| {res['case']} | {r['step_s'] * 1e3:.3f} | {split['gradient alone'] * 1e3:.3f} | "
+            f"{fmt(split.get('gradient_fraction_of_peak'), '.1f', 100)} | {split['update alone'] * 1e3:.3f} | "
+            f"{fmt(r.get('fraction_of_peak'), '.1f', 100)} |"
+        )
     same = [res["case"] for res in report["cases"] if res.get("rules_and_backprop_same_program")]
-    lines += ["", f"Cases where `rules` and `backprop` compile to the same optimized XLA program (names aside): "
-              f"{', '.join(same) or 'none'}. Their step times differ there by measurement noise only.",
-              "", "Epochs, the path `train()` takes: steps per second of the compiled epoch (`make_epoch`: "
-              "shuffle, gather and every step in one `lax.scan`), of a Python loop of jitted steps fed host "
-              "batches, and of PyTorch eager's loop over the same batches, beside the rules step's own rate "
-              "from the table above. The target: epoch ÷ step at least 0.9 for every model.", "",
-              "| case | steps/epoch | step alone (steps/s) | compiled epoch (steps/s) | epoch ÷ step | "
-              "Python loop of steps (steps/s) | PyTorch eager (steps/s) | epoch ÷ PyTorch | loop ÷ PyTorch |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"Cases where `rules` and `backprop` compile to the same optimized XLA program (names aside): "
+        f"{', '.join(same) or 'none'}. Their step times differ there by measurement noise only.",
+        "",
+        "Epochs, the path `train()` takes: steps per second of the compiled epoch (`make_epoch`: "
+        "shuffle, gather and every step in one `lax.scan`), of a Python loop of jitted steps fed host "
+        "batches, and of PyTorch eager's loop over the same batches, beside the rules step's own rate "
+        "from the table above. The target: epoch ÷ step at least 0.9 for every model.",
+        "",
+        "| case | steps/epoch | step alone (steps/s) | compiled epoch (steps/s) | epoch ÷ step | "
+        "Python loop of steps (steps/s) | PyTorch eager (steps/s) | epoch ÷ PyTorch | loop ÷ PyTorch |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for e in report["epochs"]:
         torch_rate = e.get("torch_eager_steps_per_s")
-        lines.append(f"| {e['case']} | {e['steps_per_epoch']} | {fmt(e.get('step_steps_per_s'), '.1f')} | "
-                     f"{e['scan_epoch_steps_per_s']:.1f} | {fmt(e.get('scan_epoch_to_step'), '.2f')} | "
-                     f"{e['python_loop_steps_per_s']:.1f} | {fmt(torch_rate, '.1f')} | "
-                     f"{fmt(e['scan_epoch_steps_per_s'] / torch_rate if torch_rate else None, '.2f')} | "
-                     f"{fmt(e['python_loop_steps_per_s'] / torch_rate if torch_rate else None, '.2f')} |")
+        lines.append(
+            f"| {e['case']} | {e['steps_per_epoch']} | {fmt(e.get('step_steps_per_s'), '.1f')} | "
+            f"{e['scan_epoch_steps_per_s']:.1f} | {fmt(e.get('scan_epoch_to_step'), '.2f')} | "
+            f"{e['python_loop_steps_per_s']:.1f} | {fmt(torch_rate, '.1f')} | "
+            f"{fmt(e['scan_epoch_steps_per_s'] / torch_rate if torch_rate else None, '.2f')} | "
+            f"{fmt(e['python_loop_steps_per_s'] / torch_rate if torch_rate else None, '.2f')} |"
+        )
     return "\n".join(lines) + "\n"

@@ -6,7 +6,8 @@ network for :mod:`funcprop.bench_torch` (PyTorch builds it from these specs).
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,15 +31,30 @@ def _mlp_case(sizes, activation, batch, name=None):
         layers.append(("dense", n_in, n_out))
         if i < len(sizes) - 2:
             layers.append(("act", activation))
-    return Case(name or f"mlp {'-'.join(map(str, sizes))} @ {batch}", (sizes[0],), batch,
-                lambda: nn.mlp(list(sizes), activation=activation), sizes[-1], tuple(layers))
+    return Case(
+        name or f"mlp {'-'.join(map(str, sizes))} @ {batch}",
+        (sizes[0],),
+        batch,
+        lambda: nn.mlp(list(sizes), activation=activation),
+        sizes[-1],
+        tuple(layers),
+    )
 
 
 def cnn_case(hw: int, batch: int, name: str):
     """:func:`funcprop.nn.cnn` on hw×hw×1 images: conv32-conv64 (3×3 SAME), max-pool 2, 128, 10."""
     flat = (hw // 2) ** 2 * 64
-    layers = (("conv", 1, 32, 3), ("act", "relu"), ("conv", 32, 64, 3), ("act", "relu"), ("pool", 2), ("flatten",),
-              ("dense", flat, 128), ("act", "relu"), ("dense", 128, 10))
+    layers = (
+        ("conv", 1, 32, 3),
+        ("act", "relu"),
+        ("conv", 32, 64, 3),
+        ("act", "relu"),
+        ("pool", 2),
+        ("flatten",),
+        ("dense", flat, 128),
+        ("act", "relu"),
+        ("dense", 128, 10),
+    )
     return Case(f"{name} @ {batch}", (hw, hw, 1), batch, nn.cnn, 10, layers)
 
 
@@ -46,16 +62,26 @@ def resmlp_case(width: int, depth: int, batch: int):
     """:func:`funcprop.nn.resmlp` on digits' 64 features: ``funcprop train --arch resmlp``."""
     block = ("residual", (("layernorm", width), ("dense", width, width), ("act", "relu"), ("dense", width, width)))
     layers = (("dense", 64, width), *[block] * depth, ("layernorm", width), ("act", "relu"), ("dense", width, 10))
-    return Case(f"resmlp {width}x{depth} @ {batch}", (64,), batch,
-                lambda: nn.resmlp(10, width=width, depth=depth), 10, layers)
+    return Case(
+        f"resmlp {width}x{depth} @ {batch}", (64,), batch, lambda: nn.resmlp(10, width=width, depth=depth), 10, layers
+    )
 
 
 def resnet_case(hw: int, batch: int, name: str):
     """:func:`funcprop.nn.resnet` on hw×hw×1 images: a stem, one two-branch block, pool, 128, 10."""
     main = (("conv", 32, 64, 3), ("layernorm", 64), ("act", "relu"), ("conv", 64, 64, 3))
-    layers = (("conv", 1, 32, 3), ("act", "relu"), ("sum", (main, (("conv", 32, 64, 1),))), ("act", "relu"),
-              ("pool", 2), ("flatten",), ("dense", (hw // 2) ** 2 * 64, 128), ("act", "relu"), ("dropout", 0.2),
-              ("dense", 128, 10))
+    layers = (
+        ("conv", 1, 32, 3),
+        ("act", "relu"),
+        ("sum", (main, (("conv", 32, 64, 1),))),
+        ("act", "relu"),
+        ("pool", 2),
+        ("flatten",),
+        ("dense", (hw // 2) ** 2 * 64, 128),
+        ("act", "relu"),
+        ("dropout", 0.2),
+        ("dense", 128, 10),
+    )
     return Case(f"{name} @ {batch}", (hw, hw, 1), batch, nn.resnet, 10, layers)
 
 
@@ -69,8 +95,13 @@ CASES = (
     resmlp_case(256, 2, 128),
     resnet_case(8, 128, "digits resnet 8x8"),
 )
-QUICK_CASES = (CASES[0], CASES[1], cnn_case(8, 16, "digits cnn 8x8"), resmlp_case(32, 1, 16),
-               resnet_case(8, 16, "digits resnet 8x8"))
+QUICK_CASES = (
+    CASES[0],
+    CASES[1],
+    cnn_case(8, 16, "digits cnn 8x8"),
+    resmlp_case(32, 1, 16),
+    resnet_case(8, 16, "digits resnet 8x8"),
+)
 
 
 def case_data(case: Case, key, batches: int = 1):

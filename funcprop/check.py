@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -94,22 +95,35 @@ class CheckReport:
     def to_dict(self) -> dict:
         """Plain Python values only, ready for ``json.dumps``."""
         rows = [dict(row._asdict(), index=list(row.index)) for row in self.rows]
-        return {"function": self.name, "reference": self.reference,
-                "passed": self.passed, "rows": rows, "notes": list(self.notes)}
+        return {
+            "function": self.name,
+            "reference": self.reference,
+            "passed": self.passed,
+            "rows": rows,
+            "notes": list(self.notes),
+        }
 
     def __str__(self) -> str:
         status = "passed" if self.passed else f"FAILED {len(self.failures)} of"
-        head = (f"check_vjp({self.name}) against {self.reference}: {status} "
-                f"{len(self.rows)} checks")
-        cols = ("check", "leaf", "trial", "worst at", "expected", "received",
-                "max abs", "max rel", "tol", "")
+        head = f"check_vjp({self.name}) against {self.reference}: {status} {len(self.rows)} checks"
+        cols = ("check", "leaf", "trial", "worst at", "expected", "received", "max abs", "max rel", "tol", "")
         table = [cols] + [
-            (r.check, r.leaf, str(r.trial), str(r.index), f"{r.expected:.6g}",
-             f"{r.received:.6g}", f"{r.max_abs_error:.2e}", f"{r.max_rel_error:.2e}",
-             f"{r.tol:.0e}", "ok" if r.passed else "FAIL") for r in self.rows]
+            (
+                r.check,
+                r.leaf,
+                str(r.trial),
+                str(r.index),
+                f"{r.expected:.6g}",
+                f"{r.received:.6g}",
+                f"{r.max_abs_error:.2e}",
+                f"{r.max_rel_error:.2e}",
+                f"{r.tol:.0e}",
+                "ok" if r.passed else "FAIL",
+            )
+            for r in self.rows
+        ]
         widths = [max(len(line[j]) for line in table) for j in range(len(cols))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip()
-                 for line in table]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in table]
         return "\n".join([head, *lines, *(f"note: {n}" for n in self.notes)])
 
 
@@ -122,14 +136,17 @@ class GradientCheckError(AssertionError):
 
 
 def _failure_message(report: CheckReport) -> str:
-    lines = [f"check_vjp({report.name}): {len(report.failures)} of {len(report.rows)} "
-             f"checks failed against {report.reference}"]
+    lines = [
+        f"check_vjp({report.name}): {len(report.failures)} of {len(report.rows)} "
+        f"checks failed against {report.reference}"
+    ]
     for r in report.failures:
         lines.append(
             f"  {r.check} check failed for {r.leaf} at index {r.index} (trial {r.trial}): "
             f"expected {r.expected:.10g}, received {r.received:.10g}; scaled relative "
             f"error {r.max_rel_error:.3g} > tolerance {r.tol:g} (max abs error "
-            f"{r.max_abs_error:.3g}). {_HINTS[r.check]}")
+            f"{r.max_abs_error:.3g}). {_HINTS[r.check]}"
+        )
     return "\n".join(lines + ["", str(report)])
 
 
@@ -149,8 +166,9 @@ def _row(check: str, leaf: str, received, expected, tol: float) -> CheckRow:
     rel = np.where(same, 0.0, np.where(np.isnan(rel), np.inf, rel))
     worst = np.unravel_index(np.argmax(rel), rel.shape)  # (trial, *index)
     index, err = tuple(int(k) for k in worst[1:]), float(rel[worst])
-    return CheckRow(check, leaf, int(worst[0]), index, float(b[worst]), float(a[worst]),
-                    float(diff.max()), err, tol, err <= tol)
+    return CheckRow(
+        check, leaf, int(worst[0]), index, float(b[worst]), float(a[worst]), float(diff.max()), err, tol, err <= tol
+    )
 
 
 def _name(f) -> str:
@@ -159,21 +177,28 @@ def _name(f) -> str:
 
 def _resolve_reference(fn, reference, args):
     if not callable(fn):
-        raise TypeError(f"check_vjp: fn must be callable, got a {type(fn).__name__}; "
-                        f"pass the function itself: check_vjp(my_rule, x, ...)")
+        raise TypeError(
+            f"check_vjp: fn must be callable, got a {type(fn).__name__}; "
+            f"pass the function itself: check_vjp(my_rule, x, ...)"
+        )
     if not args:
-        raise ValueError(f"check_vjp: no arguments given for {_name(fn)}; pass the inputs "
-                         f"to differentiate at after fn: check_vjp(fn, x, w, ...)")
+        raise ValueError(
+            f"check_vjp: no arguments given for {_name(fn)}; pass the inputs "
+            f"to differentiate at after fn: check_vjp(fn, x, w, ...)"
+        )
     if reference is None:
         if not hasattr(fn, "vjp_rule"):
             raise TypeError(
                 f"check_vjp: {_name(fn)} is not a funcprop rule (it has no .vjp_rule), so "
                 f"there is no default reference; pass reference=, the same function "
-                f"written with plain jnp operations: check_vjp(fn, x, reference=plain_fn)")
+                f"written with plain jnp operations: check_vjp(fn, x, reference=plain_fn)"
+            )
         return fn.vjp_rule.twin
     if not callable(reference):
-        raise TypeError(f"check_vjp: reference must be callable, got a "
-                        f"{type(reference).__name__}; pass a plain function of fn's args")
+        raise TypeError(
+            f"check_vjp: reference must be callable, got a "
+            f"{type(reference).__name__}; pass a plain function of fn's args"
+        )
     return reference
 
 
@@ -181,12 +206,14 @@ def _leaf_array(path: str, x) -> jax.Array:
     try:
         x = jnp.asarray(x)
     except TypeError:
-        raise TypeError(f"check_vjp: {path} is a {type(x).__name__}, not an array; pass "
-                        f"static arguments by name through kwargs=") from None
-    if not (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)
-            or x.dtype == jnp.bool_):
-        raise TypeError(f"check_vjp: {path} has dtype {x.dtype}; pass real floating "
-                        f"leaves (differentiated) or integer ones (held fixed)")
+        raise TypeError(
+            f"check_vjp: {path} is a {type(x).__name__}, not an array; pass static arguments by name through kwargs="
+        ) from None
+    if not (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_):
+        raise TypeError(
+            f"check_vjp: {path} has dtype {x.dtype}; pass real floating "
+            f"leaves (differentiated) or integer ones (held fixed)"
+        )
     return x
 
 
@@ -201,14 +228,16 @@ class _Problem:
         if not any(self.is_diff):
             raise TypeError(
                 f"check_vjp: no floating-point leaf among the args of {_name(fn)} (integer "
-                f"leaves are held fixed); pass float arrays to differentiate")
+                f"leaves are held fixed); pass float arrays to differentiate"
+            )
         for path, v, d in zip(paths, values, self.is_diff):
             bad = int(np.size(v) - np.count_nonzero(np.isfinite(v))) if d else 0
             if bad:
                 raise ValueError(
                     f"check_vjp: {path} holds {bad} non-finite values (NaN or inf) of {np.size(v)}; a "
                     f"gradient check there compares nothing (NaN equals NaN in every row); pass finite "
-                    f"inputs, and test NaN propagation by comparing fn(x) with the reference directly")
+                    f"inputs, and test NaN propagation by comparing fn(x) with the reference directly"
+                )
         self.paths = [p for p, d in zip(paths, self.is_diff) if d]
         self.diff = [v for v, d in zip(values, self.is_diff) if d]
         self.fixed = [v for v, d in zip(values, self.is_diff) if not d]
@@ -222,7 +251,8 @@ class _Problem:
             raise ValueError(
                 f"check_vjp: {_name(fn)} returns a pytree {got_def} but the reference "
                 f"returns {jax.tree.structure(want)}; the reference must compute the same "
-                f"function as fn, with the same signature")
+                f"function as fn, with the same signature"
+            )
         self.out_paths = ["out" + jax.tree_util.keystr(p) for p, _ in got_paths]
         self.out_shapes = [g for _, g in got_paths]
         for path, g, w in zip(self.out_paths, self.out_shapes, jax.tree.leaves(want)):
@@ -230,10 +260,13 @@ class _Problem:
                 raise ValueError(
                     f"check_vjp: {_name(fn)} returns {g.dtype}{list(g.shape)} at {path} "
                     f"but the reference returns {w.dtype}{list(w.shape)}; the reference "
-                    f"must compute the same function as fn (same args, same kwargs=)")
+                    f"must compute the same function as fn (same args, same kwargs=)"
+                )
             if not jnp.issubdtype(g.dtype, jnp.floating):
-                raise TypeError(f"check_vjp: {path} has dtype {g.dtype}; check_vjp needs "
-                                f"float outputs; return integers from another function")
+                raise TypeError(
+                    f"check_vjp: {path} has dtype {g.dtype}; check_vjp needs "
+                    f"float outputs; return integers from another function"
+                )
 
     def call(self, f, diff, fixed) -> list:
         """The output leaves of ``f`` at the args rebuilt from float and fixed leaves."""
@@ -264,15 +297,15 @@ def _normals(key, n: int, like) -> list:
     """
     sizes = [n * math.prod(x.shape) for x in like]
     z = np.asarray(_standard_normals(key, max(1024, 1 << (sum(sizes) - 1).bit_length())))
-    return [z[end - size:end].reshape(n, *x.shape).astype(x.dtype)
-            for end, size, x in zip(np.cumsum(sizes), sizes, like)]
+    return [
+        z[end - size : end].reshape(n, *x.shape).astype(x.dtype) for end, size, x in zip(np.cumsum(sizes), sizes, like)
+    ]
 
 
 def _per_trial(f, *stacked):
     """f of each trial t (axis 0 of every leaf list), restacked. Unrolled: a scan
     compiles slower."""
-    results = [f(*([x[t] for x in leaves] for leaves in stacked))
-               for t in range(len(stacked[0][0]))]
+    results = [f(*([x[t] for x in leaves] for leaves in stacked)) for t in range(len(stacked[0][0]))]
     return jax.tree.map(lambda *xs: jnp.stack(xs), *results)
 
 
@@ -303,8 +336,7 @@ def _finite_difference_pairs(problem: _Problem, fn, cts):
 
         def phi(x):  # (T,)
             outs = problem.call(fn, unravel(x), fixed)
-            return sum(jnp.sum((c * o.astype(c.dtype)).reshape(len(c), -1), axis=1)
-                       for c, o in zip(cts, outs))
+            return sum(jnp.sum((c * o.astype(c.dtype)).reshape(len(c), -1), axis=1) for c, o in zip(cts, outs))
 
         steps = FD_STEP * jnp.maximum(1.0, jnp.abs(flat))
 
@@ -326,8 +358,10 @@ def _vmap_pairs(problem: _Problem, fn, key):
     """fn's (outputs, VJPs) under vmap and copy by copy: x, then x · (1 + 0.05 z)."""
     k_args, k_cts = jax.random.split(key)
     z = _normals(k_args, VMAP_COPIES - 1, problem.diff)
-    copies = [np.concatenate([x[None], x * (1 + 0.05 * np.clip(zx, -2, 2)).astype(x.dtype)])
-              for x, zx in zip(map(np.asarray, problem.diff), z)]
+    copies = [
+        np.concatenate([x[None], x * (1 + 0.05 * np.clip(zx, -2, 2)).astype(x.dtype)])
+        for x, zx in zip(map(np.asarray, problem.diff), z)
+    ]
     cts = _normals(k_cts, VMAP_COPIES, problem.out_shapes)
 
     @jax.jit
@@ -353,18 +387,26 @@ def _second_order_pairs(problem: _Problem, fn, reference, cts, key):
     @jax.jit
     def run(diff, fixed, cts, vs):
         fn_h, ref_h = grad_psi(fn), grad_psi(reference)
-        return _per_trial(lambda c, v: ((None, fn_h(diff, fixed, c, v)),
-                                        (None, ref_h(diff, fixed, c, v))), cts, vs)
+        return _per_trial(lambda c, v: ((None, fn_h(diff, fixed, c, v)), (None, ref_h(diff, fixed, c, v))), cts, vs)
 
     vs = _normals(key, len(cts[0]), problem.diff)
     return run(problem.diff, problem.fixed, cts, vs)
 
 
-def check_vjp(fn: Callable[..., Any], *args, reference: Callable[..., Any] | None = None,
-              kwargs: dict | None = None, n_cotangents: int = 3, key=None,
-              finite_differences: bool = True, vmap: bool = False,
-              second_order: bool = False, rtol: float | None = None,
-              fd_rtol: float = FD_RTOL, raise_on_fail: bool = True) -> CheckReport:
+def check_vjp(
+    fn: Callable[..., Any],
+    *args,
+    reference: Callable[..., Any] | None = None,
+    kwargs: dict | None = None,
+    n_cotangents: int = 3,
+    key=None,
+    finite_differences: bool = True,
+    vmap: bool = False,
+    second_order: bool = False,
+    rtol: float | None = None,
+    fd_rtol: float = FD_RTOL,
+    raise_on_fail: bool = True,
+) -> CheckReport:
     """Check fn's VJP (a ``jax.custom_vjp``) against autodiff of a plain reference.
 
     Every float leaf of ``args`` is differentiated, every integer leaf held fixed.
@@ -399,8 +441,7 @@ def check_vjp(fn: Callable[..., Any], *args, reference: Callable[..., Any] | Non
     """
     reference = _resolve_reference(fn, reference, args)
     if not isinstance(n_cotangents, int) or n_cotangents < 1:
-        raise ValueError(
-            f"check_vjp: n_cotangents must be a positive int, got {n_cotangents!r}")
+        raise ValueError(f"check_vjp: n_cotangents must be a positive int, got {n_cotangents!r}")
     problem = _Problem(fn, reference, args, dict(kwargs or {}))
     key = jax.random.key(0) if key is None else key
     k_ct, k_vmap, k_second = jax.random.split(key, 3)
@@ -415,14 +456,14 @@ def check_vjp(fn: Callable[..., Any], *args, reference: Callable[..., Any] | Non
         for part in parts:
             for k, (path, like) in enumerate(zip(*groups[part])):
                 leaf_tol = default_rtol(like.dtype) if rtol is None else rtol
-                rows.append(_row(check, path, received[part][k], expected[part][k],
-                                 leaf_tol if tol is None else tol))
+                rows.append(_row(check, path, received[part][k], expected[part][k], leaf_tol if tol is None else tol))
 
     add_rows("output", fn_pair, ref_pair, parts=(0,))
     add_rows("vjp", fn_pair, ref_pair, parts=(1,))
     if finite_differences and not jax.config.jax_enable_x64:
-        notes.append("finite-diff skipped: float64 is disabled; enable it with "
-                     "jax.config.update('jax_enable_x64', True)")
+        notes.append(
+            "finite-diff skipped: float64 is disabled; enable it with jax.config.update('jax_enable_x64', True)"
+        )
     elif finite_differences:
         add_rows("finite-diff", *_finite_difference_pairs(problem, fn, cts), (1,), fd_rtol)
     if vmap:

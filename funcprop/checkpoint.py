@@ -72,8 +72,11 @@ def _to_numpy(where: str, leaf) -> tuple[np.ndarray, dict]:
     else:
         array, entry = np.asarray(leaf), {"kind": "array"}
     if not (array.dtype.kind in "biufc" or jnp.issubdtype(array.dtype, jnp.floating)):
-        what = (f"the int {leaf}, which does not fit in 64 bits" if entry["kind"] == "python"
-                else f"a {type(leaf).__name__} of dtype {array.dtype}")
+        what = (
+            f"the int {leaf}, which does not fit in 64 bits"
+            if entry["kind"] == "python"
+            else f"a {type(leaf).__name__} of dtype {array.dtype}"
+        )
         raise TypeError(
             f"save: the leaf at {where} is {what}; checkpoints hold numeric arrays, "
             f"Python numbers of up to 64 bits and PRNG keys; put other values in metadata"
@@ -145,14 +148,19 @@ def save(path, tree, *, metadata: dict | None = None) -> pathlib.Path:
         leaves.append(array)
         entries.append(entry)
     header = json.dumps(
-        {"format": "funcprop-checkpoint", "version": _VERSION,
-         "metadata": json.loads(meta_json), "leaves": entries},
+        {"format": "funcprop-checkpoint", "version": _VERSION, "metadata": json.loads(meta_json), "leaves": entries},
         sort_keys=True,
     )
 
     names = [e["name"] for e in entries]
-    return atomic.write("save", path, lambda f: _write(f, header, names, leaves),
-                        verify=lambda tmp: _verify(tmp, leaves, entries, meta_json), example="checkpoint.npz", what="a checkpoint file")
+    return atomic.write(
+        "save",
+        path,
+        lambda f: _write(f, header, names, leaves),
+        verify=lambda tmp: _verify(tmp, leaves, entries, meta_json),
+        example="checkpoint.npz",
+        what="a checkpoint file",
+    )
 
 
 def _write(f, header: str, names: list, leaves: list) -> None:
@@ -182,8 +190,7 @@ def _verify(tmp: pathlib.Path, leaves, entries, meta_json: str) -> None:
         stored, stored_meta = _read(tmp)
     except CheckpointError as err:
         raise CheckpointError(
-            f"save: reading back '{tmp}' failed ({err}); the previous checkpoint is "
-            f"kept. Check the disk and try again"
+            f"save: reading back '{tmp}' failed ({err}); the previous checkpoint is kept. Check the disk and try again"
         ) from None
     problem = None
     if len(stored) != len(leaves):
@@ -204,9 +211,7 @@ def _verify(tmp: pathlib.Path, leaves, entries, meta_json: str) -> None:
 
 
 def _corrupted(path, what: str) -> CheckpointError:
-    return CheckpointError(
-        f"load: checkpoint '{path}' is corrupted: {what}; restore it from another copy"
-    )
+    return CheckpointError(f"load: checkpoint '{path}' is corrupted: {what}; restore it from another copy")
 
 
 def _read(path: pathlib.Path) -> tuple[list, dict]:
@@ -217,18 +222,19 @@ def _read(path: pathlib.Path) -> tuple[list, dict]:
     except FileNotFoundError:
         raise FileNotFoundError(f"load: no checkpoint at '{path}'") from None
     except PermissionError as err:
-        raise atomic.os_error(err, (
-            f"load: cannot read '{path}': permission denied; make it readable "
-            f"(chmod u+r) or load a copy"
-        )) from None
+        raise atomic.os_error(
+            err, (f"load: cannot read '{path}': permission denied; make it readable (chmod u+r) or load a copy")
+        ) from None
     body, digest = raw[:-_DIGEST_HEX], raw[-_DIGEST_HEX:]
     if len(raw) <= _DIGEST_HEX or not re.fullmatch(rb"[0-9a-f]{64}", digest):
-        raise _corrupted(path, f"its last {_DIGEST_HEX} bytes are not a sha256 digest "
-                               f"(the file is truncated, or was not written by "
-                               f"funcprop.checkpoint.save)")
+        raise _corrupted(
+            path,
+            f"its last {_DIGEST_HEX} bytes are not a sha256 digest "
+            f"(the file is truncated, or was not written by "
+            f"funcprop.checkpoint.save)",
+        )
     if hashlib.sha256(body).hexdigest().encode("ascii") != digest:
-        raise _corrupted(path, "the sha256 checksum does not match (bytes were altered "
-                               "or the file is truncated)")
+        raise _corrupted(path, "the sha256 checksum does not match (bytes were altered or the file is truncated)")
     try:
         with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
             if npz.zip.comment != digest:
@@ -244,8 +250,9 @@ def _read(path: pathlib.Path) -> tuple[list, dict]:
             for entry in header["leaves"]:
                 dtype, shape = jnp.dtype(entry["dtype"]), tuple(entry["shape"])
                 array = npz[entry["name"]]
-                if array.dtype != dtype and array.dtype == _storable(
-                        np.empty(0, dtype)).dtype:  # bfloat16 stored as uint16
+                if (
+                    array.dtype != dtype and array.dtype == _storable(np.empty(0, dtype)).dtype
+                ):  # bfloat16 stored as uint16
                     array = array.view(dtype)
                 if array.dtype != dtype:
                     raise ValueError(f"{entry['path']} is {array.dtype}, not {dtype}")
@@ -282,15 +289,18 @@ def _describe(dtype, shape) -> str:
 
 def _restore_leaf(path, where: str, array: np.ndarray, entry: dict, like) -> Any:
     """``array`` in the kind of the template leaf ``like``, after checking it fits."""
-    if (entry["kind"] == "python" and isinstance(like, jax.ShapeDtypeStruct)
-            and like.shape == () and like.dtype.kind == array.dtype.kind):
+    if (
+        entry["kind"] == "python"
+        and isinstance(like, jax.ShapeDtypeStruct)
+        and like.shape == ()
+        and like.dtype.kind == array.dtype.kind
+    ):
         # jax.eval_shape of a Python number: 32 or 64 bits by the x64 flag, so the
         # kind (int, float...) is what must match; the number comes back as it was.
         return array.item()
     got = array
     if entry["kind"] == "key":  # compare the key array (key<fry>(3,)), not its data
-        got = jax.eval_shape(lambda: jax.random.wrap_key_data(
-            jnp.zeros(array.shape, array.dtype), impl=entry["impl"]))
+        got = jax.eval_shape(lambda: jax.random.wrap_key_data(jnp.zeros(array.shape, array.dtype), impl=entry["impl"]))
     want = like if hasattr(like, "dtype") else np.asarray(like)
     if got.dtype != want.dtype or tuple(got.shape) != tuple(want.shape):
         raise CheckpointError(
@@ -365,8 +375,7 @@ def load(path, like) -> tuple[Any, dict]:
     wanted = [jax.tree_util.keystr(key_path) for key_path, _ in flat]
     saved = [entry["path"] for _, entry in stored]
     if wanted != saved:
-        i = next((i for i, (w, s) in enumerate(zip(wanted, saved)) if w != s),
-                 min(len(wanted), len(saved)))
+        i = next((i for i, (w, s) in enumerate(zip(wanted, saved)) if w != s), min(len(wanted), len(saved)))
         got = f"leaf {saved[i]}" if i < len(saved) else "no more leaves"
         want = f"leaf {wanted[i]}" if i < len(wanted) else "no more leaves"
         raise CheckpointError(
@@ -375,6 +384,7 @@ def load(path, like) -> tuple[Any, dict]:
             f"the first difference is leaf #{i}: the checkpoint has {got} where the "
             f"template has {want}; pass a template built like the tree that was saved"
         )
-    leaves = [_restore_leaf(path, where, array, entry, leaf)
-              for where, (array, entry), (_, leaf) in zip(wanted, stored, flat)]
+    leaves = [
+        _restore_leaf(path, where, array, entry, leaf) for where, (array, entry), (_, leaf) in zip(wanted, stored, flat)
+    ]
     return jax.tree_util.tree_unflatten(treedef, leaves), metadata

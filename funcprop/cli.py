@@ -91,8 +91,10 @@ def _settle(args, **readers) -> None:
             setattr(args, dest, args.fill_in.get(dest))
         elif choice not in values and given is not None:
             flag = "--" + dest.replace("_", "-")
-            raise UsageError(f"--{decider} {choice} does not use {flag} (only --{decider} {' or '.join(values)} "
-                             f"reads it), got {flag} {_shown(given)}; leave it out")
+            raise UsageError(
+                f"--{decider} {choice} does not use {flag} (only --{decider} {' or '.join(values)} "
+                f"reads it), got {flag} {_shown(given)}; leave it out"
+            )
 
 
 def _settings(args, *leave_out) -> dict:
@@ -116,16 +118,19 @@ def _out_folder(path) -> pathlib.Path:
     try:
         tempfile.TemporaryFile(dir=existing).close()
     except OSError as err:
-        raise UsageError(f"--out {path} cannot be written ({existing}: {err.strerror}); "
-                         f"pass a folder you can write to") from None
+        raise UsageError(
+            f"--out {path} cannot be written ({existing}: {err.strerror}); pass a folder you can write to"
+        ) from None
     return out
 
 
 def _check_resmlp(args) -> None:
     if args.arch == "resmlp" and len(set(args.hidden)) != 1:
         got = f"--hidden {_shown(args.hidden)}" if args.hidden else "no widths"
-        raise UsageError(f"--arch resmlp needs --hidden with one width repeated, one entry per residual block "
-                         f"(e.g. --hidden 256 256), got {got}")
+        raise UsageError(
+            f"--arch resmlp needs --hidden with one width repeated, one entry per residual block "
+            f"(e.g. --hidden 256 256), got {got}"
+        )
 
 
 # --- funcprop shapes --------------------------------------------------------------
@@ -145,7 +150,9 @@ def _cmd_shapes(args) -> int:
         raise UsageError(f"--arch {args.arch} takes no layer sizes (it is built for digits: 8x8 images, 10 classes)")
     model, _ = models.build(args.arch, DIGITS_SHAPE[args.arch in models.IMAGE_ARCHS], 10, args.hidden, args.activation)
     batch = args.batch or (1 if args.arch in models.IMAGE_ARCHS else None)  # Flatten needs a batch axis
-    print(shapes.graph_table(model, DIGITS_SHAPE[args.arch in models.IMAGE_ARCHS], batch, title=f"{args.arch} for digits"))
+    print(
+        shapes.graph_table(model, DIGITS_SHAPE[args.arch in models.IMAGE_ARCHS], batch, title=f"{args.arch} for digits")
+    )
     return 0
 
 
@@ -206,8 +213,13 @@ def _load_dataset(args):
 
 
 def _cmd_train(args) -> int:
-    _settle(args, hidden=("arch", ("mlp", "resmlp")), activation=("arch", ("mlp", "resmlp")),
-            toy_kind=("dataset", ("toy",)), data_path=("dataset", ("mnist",)))
+    _settle(
+        args,
+        hidden=("arch", ("mlp", "resmlp")),
+        activation=("arch", ("mlp", "resmlp")),
+        toy_kind=("dataset", ("toy",)),
+        data_path=("dataset", ("mnist",)),
+    )
     _check_resmlp(args)
     if args.dataset == "mnist" and args.data_path is None:
         raise UsageError("--dataset mnist needs --data-path DIR, a folder with the four MNIST IDX files")
@@ -235,10 +247,18 @@ def _cmd_train(args) -> int:
     try:
         _, params = model.init(jax.random.key(args.seed), ds.example_shape)
         result = train.train(
-            model, params, _optimizer(args.optimizer, args.lr), ds,
-            epochs=args.epochs, batch_size=args.batch_size, key=jax.random.key(args.seed + 1),
-            gradient=args.gradient, checkpoint_path=checkpoint_path, resume=args.resume,
-            out_dir=out, progress=not args.no_progress,
+            model,
+            params,
+            _optimizer(args.optimizer, args.lr),
+            ds,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            key=jax.random.key(args.seed + 1),
+            gradient=args.gradient,
+            checkpoint_path=checkpoint_path,
+            resume=args.resume,
+            out_dir=out,
+            progress=not args.no_progress,
             config=_settings(args, "epochs", "resume", "no_progress", "no_cache", "out"),
         )
     except jax.errors.JaxRuntimeError as err:  # GPU: RESOURCE_EXHAUSTED; CPU: INTERNAL: ... Out of memory
@@ -248,18 +268,26 @@ def _cmd_train(args) -> int:
         device = jax.devices()[0]
         name = device if device.device_kind == device.platform else f"{device} ({device.device_kind})"
         detail = (said.group() if said else str(err).splitlines()[0]).rstrip(".")
-        raise MemoryError(f"out of memory: the model and batch do not fit in the memory of {name} ({detail}); "
-                          f"use smaller --hidden or --batch-size") from err
+        raise MemoryError(
+            f"out of memory: the model and batch do not fit in the memory of {name} ({detail}); "
+            f"use smaller --hidden or --batch-size"
+        ) from err
     title = f"{ds.name}, {title}"
     plots.plot_history(result.history, out / "curves.png", title=title)
     if ds.example_shape == (2,):
-        plots.plot_decision_boundary(model.apply, result.params, ds.x_test, ds.y_test, out / "boundary.png",
-                                     title=title)
+        plots.plot_decision_boundary(
+            model.apply, result.params, ds.x_test, ds.y_test, out / "boundary.png", title=title
+        )
     last = result.history[-1] if result.history else {}
     (out / "config.json").write_text(json.dumps({**_settings(args), "model": title}, indent=2))
     accuracy = last.get("test_accuracy")
-    score = (f"test accuracy {100 * accuracy:.2f}%" if accuracy is not None
-             else f"test loss {last['test_loss']:.4f}" if last else "nothing left to train")
+    score = (
+        f"test accuracy {100 * accuracy:.2f}%"
+        if accuracy is not None
+        else f"test loss {last['test_loss']:.4f}"
+        if last
+        else "nothing left to train"
+    )
     print(f"{title}: {len(result.history)} epochs, {score}, wrote {out}/")
     return 0
 
@@ -269,11 +297,14 @@ def _cmd_report(args) -> int:
     _use_cache(args)
     from funcprop.report import main_job
 
-    summary = main_job(args.out, epochs=args.epochs, seed=args.seed, progress=not args.no_progress,
-                       compare_sklearn=not args.no_sklearn)
-    print(f"digits test accuracy {100 * summary['test_accuracy']:.2f}%, "
-          f"{summary['checks_passed']}/{summary['checks']} rule checks passed, "
-          f"{summary['total_wall_s']:.1f} s; report in {args.out}/summary.md")
+    summary = main_job(
+        args.out, epochs=args.epochs, seed=args.seed, progress=not args.no_progress, compare_sklearn=not args.no_sklearn
+    )
+    print(
+        f"digits test accuracy {100 * summary['test_accuracy']:.2f}%, "
+        f"{summary['checks_passed']}/{summary['checks']} rule checks passed, "
+        f"{summary['total_wall_s']:.1f} s; report in {args.out}/summary.md"
+    )
     return 0 if summary["checks_passed"] == summary["checks"] else 1
 
 
@@ -296,19 +327,27 @@ NO_CACHE = "do not keep compiled programs in ~/.cache/funcprop/jax (JAX's persis
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="funcprop", description="Backpropagation as explicit math in JAX.",
-                     epilog="Ctrl-C or SIGTERM stops a command cleanly: exit 130 (SIGINT) or 143 (SIGTERM).")
+    parser = _Parser(
+        prog="funcprop",
+        description="Backpropagation as explicit math in JAX.",
+        epilog="Ctrl-C or SIGTERM stops a command cleanly: exit 130 (SIGINT) or 143 (SIGTERM).",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("shapes", help="print the shapes of every term of backprop, layer by layer")
     p.add_argument("sizes", nargs="*", type=_positive_int, help="mlp layer sizes including the input, e.g. 2 4 7 3 2")
-    p.add_argument("--arch", choices=("mlp", "cnn", "resmlp", "resnet"), default="mlp",
-                   help="mlp: the dense terms for SIZES; the others: every leaf of that model for digits")
+    p.add_argument(
+        "--arch",
+        choices=("mlp", "cnn", "resmlp", "resnet"),
+        default="mlp",
+        help="mlp: the dense terms for SIZES; the others: every leaf of that model for digits",
+    )
     p.add_argument("--hidden", type=_positive_int, nargs="+", fill_in=[128, 128], help="resmlp width and blocks")
     p.add_argument("--batch", type=_positive_int, default=None, help="a batch size (default: one example)")
-    p.add_argument("--activation", fill_in="sigmoid", choices=sorted(_activations()),
-                   help="hidden activation (mlp, resmlp)")
+    p.add_argument(
+        "--activation", fill_in="sigmoid", choices=sorted(_activations()), help="hidden activation (mlp, resmlp)"
+    )
     p.set_defaults(run=_cmd_shapes)
 
     p = sub.add_parser("verify", help="verify every rule against autodiff of its twin and finite differences")
@@ -324,12 +363,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=DATASETS, default="digits")
     p.add_argument("--data-path", default=None, help="folder of the MNIST IDX files (for --dataset mnist)")
     p.add_argument("--toy-kind", choices=("moons", "spirals"), fill_in="moons", help="for --dataset toy")
-    p.add_argument("--arch", choices=models.ARCHS, default="mlp",
-                   help="mlp: --hidden widths; seed: the notes' 4-7-3 sigmoid net; cnn: conv32-conv64-pool-128; "
-                   "resmlp: pre-norm residual MLP, width --hidden[0], a block per --hidden entry; resnet: residual CNN")
+    p.add_argument(
+        "--arch",
+        choices=models.ARCHS,
+        default="mlp",
+        help="mlp: --hidden widths; seed: the notes' 4-7-3 sigmoid net; cnn: conv32-conv64-pool-128; "
+        "resmlp: pre-norm residual MLP, width --hidden[0], a block per --hidden entry; resnet: residual CNN",
+    )
     p.add_argument("--hidden", type=_positive_int, nargs="*", fill_in=[256, 256], help="hidden widths (mlp, resmlp)")
-    p.add_argument("--activation", choices=sorted(_activations()), fill_in="relu",
-                   help="hidden activation (mlp, resmlp)")
+    p.add_argument(
+        "--activation", choices=sorted(_activations()), fill_in="relu", help="hidden activation (mlp, resmlp)"
+    )
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
     p.add_argument("--lr", type=_positive_float, default=1e-3, help="learning rate")
     p.add_argument("--epochs", type=_positive_int, default=20)
@@ -337,8 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gradient", choices=GRADIENTS, default="rules", help="where gradients come from")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", default="runs/train", help="output folder (metrics, plots, checkpoint)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from OUT/checkpoint.npz up to --epochs; where there is none, say so and start fresh")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/checkpoint.npz up to --epochs; where there is none, say so and start fresh",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-cache", action="store_true", help=NO_CACHE)
     p.set_defaults(run=_cmd_train)

@@ -115,8 +115,7 @@ def _toy_points(key, n0: int, n1: int, kind: str, noise: float) -> jax.Array:
     return points + noise * jax.random.normal(k_noise, (n, 2), dtype=jnp.float32)
 
 
-def toy(key, n: int = 1000, kind: str = "moons", noise: float = 0.1,
-        test_fraction: float = 0.25) -> Dataset:
+def toy(key, n: int = 1000, kind: str = "moons", noise: float = 0.1, test_fraction: float = 0.25) -> Dataset:
     """A 2-D, 2-class problem: two moons or two spirals, drawn from ``key``.
 
     Half the points (class 0 gets the odd one) lie on each curve, plus Gaussian noise
@@ -146,8 +145,9 @@ def toy(key, n: int = 1000, kind: str = "moons", noise: float = 0.1,
         raise ValueError(f"toy: unknown kind {kind!r}; choose one of {TOY_KINDS}")
     if not _is_int(n) or n < 2:
         raise ValueError(f"toy: n must be an int >= 2 (one point per class), got {n!r}")
-    if np.ndim(noise) or np.asarray(noise).dtype.kind not in "iuf" or not (
-            0 <= noise < math.inf):  # a real scalar (NumPy or JAX too), finite
+    if (
+        np.ndim(noise) or np.asarray(noise).dtype.kind not in "iuf" or not (0 <= noise < math.inf)
+    ):  # a real scalar (NumPy or JAX too), finite
         raise ValueError(f"toy: noise must be a finite number >= 0, got {noise!r}; e.g. 0.1")
     test_fraction = _check_fraction("toy", test_fraction)
 
@@ -212,10 +212,7 @@ def digits(seed: int = 0, test_fraction: float = 0.25, image: bool = False, size
     try:
         from sklearn.datasets import load_digits
     except ImportError as err:
-        raise ImportError(
-            "digits: needs scikit-learn, which is not installed; "
-            "run `pip install scikit-learn`"
-        ) from err
+        raise ImportError("digits: needs scikit-learn, which is not installed; run `pip install scikit-learn`") from err
     x, y = load_digits(return_X_y=True)
     x = (np.asarray(x, np.float64) / 16.0).astype(np.float32)
     y = np.asarray(y, np.int32)
@@ -256,8 +253,7 @@ def _mnist_split(images_file, labels_file, image: bool, limit):
     images, labels = read_idx(images_file), read_idx(labels_file)
     if images.ndim != 3 or images.dtype != np.uint8:
         raise ValueError(
-            f"mnist: '{images_file}' must hold uint8 images (N, rows, cols), got "
-            f"{images.dtype} of shape {images.shape}"
+            f"mnist: '{images_file}' must hold uint8 images (N, rows, cols), got {images.dtype} of shape {images.shape}"
         )
     if images.size == 0:
         raise ValueError(
@@ -266,8 +262,7 @@ def _mnist_split(images_file, labels_file, image: bool, limit):
         )
     if labels.ndim != 1 or labels.dtype != np.uint8:
         raise ValueError(
-            f"mnist: '{labels_file}' must hold uint8 labels (N,), got {labels.dtype} "
-            f"of shape {labels.shape}"
+            f"mnist: '{labels_file}' must hold uint8 labels (N,), got {labels.dtype} of shape {labels.shape}"
         )
     if images.shape[0] != labels.shape[0]:
         raise ValueError(
@@ -275,10 +270,7 @@ def _mnist_split(images_file, labels_file, image: bool, limit):
             f"has {labels.shape[0]} labels; the files must come from the same split"
         )
     if labels.size and labels.max() >= 10:
-        raise ValueError(
-            f"mnist: '{labels_file}' has label {int(labels.max())}; MNIST labels must "
-            f"be in [0, 10)"
-        )
+        raise ValueError(f"mnist: '{labels_file}' has label {int(labels.max())}; MNIST labels must be in [0, 10)")
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     x = images.astype(np.float32) / np.float32(255.0)
@@ -311,8 +303,7 @@ def mnist(path, image: bool = False, limit: int | None = None) -> Dataset:
     directory = pathlib.Path(path)
     if not directory.is_dir():
         raise FileNotFoundError(
-            f"mnist: '{directory}' is not a directory; pass the directory that holds "
-            f"the four MNIST IDX files"
+            f"mnist: '{directory}' is not a directory; pass the directory that holds the four MNIST IDX files"
         )
     if limit is not None and (not _is_int(limit) or limit < 1):
         raise ValueError(f"mnist: limit must be None or a positive int, got {limit!r}")
@@ -330,8 +321,7 @@ def mnist(path, image: bool = False, limit: int | None = None) -> Dataset:
 # --- by name ---------------------------------------------------------------------
 
 
-def load(name: str, *, seed: int = 0, path: str | os.PathLike | None = None,
-         image: bool = False) -> Dataset:
+def load(name: str, *, seed: int = 0, path: str | os.PathLike | None = None, image: bool = False) -> Dataset:
     """Load a dataset by name: ``"toy"``, ``"digits"`` or ``"mnist"``.
 
     Args:
@@ -349,14 +339,11 @@ def load(name: str, *, seed: int = 0, path: str | os.PathLike | None = None,
         raise ValueError(f"load: unknown dataset {name!r}; choose one of {DATASETS}")
     _check_seed("load", seed)
     if path is not None and name != "mnist":
-        raise ValueError(
-            f"load: path is only used by 'mnist', but name is {name!r}; drop path"
-        )
+        raise ValueError(f"load: path is only used by 'mnist', but name is {name!r}; drop path")
     if name == "toy":
         if image:
             raise ValueError(
-                "load: 'toy' has 2 features and no image form; use image=False, or "
-                "'digits' or 'mnist' for images"
+                "load: 'toy' has 2 features and no image form; use image=False, or 'digits' or 'mnist' for images"
             )
         return toy(jax.random.key(seed))
     if name == "digits":

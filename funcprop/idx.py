@@ -47,8 +47,7 @@ def read_idx(path) -> np.ndarray:
     path = pathlib.Path(path)
     if path.is_dir():
         raise IsADirectoryError(
-            f"read_idx: '{path}' is a directory; pass one IDX file in it, such as "
-            f"'{path / 'train-images-idx3-ubyte'}'"
+            f"read_idx: '{path}' is a directory; pass one IDX file in it, such as '{path / 'train-images-idx3-ubyte'}'"
         )
     try:
         file = path.open("rb")
@@ -56,8 +55,7 @@ def read_idx(path) -> np.ndarray:
         raise FileNotFoundError(f"read_idx: no file at '{path}'") from None
     except PermissionError:
         raise PermissionError(
-            f"read_idx: cannot read '{path}': permission denied; make it readable "
-            f"(chmod u+r) or copy it"
+            f"read_idx: cannot read '{path}': permission denied; make it readable (chmod u+r) or copy it"
         ) from None
     with file:
         gzipped = file.read(2) == _GZIP_MAGIC
@@ -74,12 +72,8 @@ def read_idx(path) -> np.ndarray:
                 )
             code, ndim = head[2], head[3]
             if code not in _IDX_DTYPES:
-                known = ", ".join(f"0x{c:02X} {d.newbyteorder('=')}"
-                                  for c, d in _IDX_DTYPES.items())
-                raise ValueError(
-                    f"read_idx: '{path}' has unknown dtype code 0x{code:02X}; IDX "
-                    f"defines {known}"
-                )
+                known = ", ".join(f"0x{c:02X} {d.newbyteorder('=')}" for c, d in _IDX_DTYPES.items())
+                raise ValueError(f"read_idx: '{path}' has unknown dtype code 0x{code:02X}; IDX defines {known}")
             dims = stream.read(4 * ndim)
             if len(dims) < 4 * ndim:
                 raise ValueError(
@@ -93,20 +87,15 @@ def read_idx(path) -> np.ndarray:
             dtype = _IDX_DTYPES[code]
             expected = math.prod(shape) * dtype.itemsize
             data = bytearray()  # grows with what the file holds, not what it claims
-            while len(data) < expected and (
-                    chunk := stream.read(min(expected - len(data), 1 << 24))):
+            while len(data) < expected and (chunk := stream.read(min(expected - len(data), 1 << 24))):
                 data += chunk
             longer = bool(stream.read(1))
         except (OSError, EOFError, zlib.error) as err:
             if not gzipped:
                 raise
-            raise ValueError(
-                f"read_idx: '{path}' is a damaged gzip file ({err}); "
-                f"download or write it again"
-            ) from None
+            raise ValueError(f"read_idx: '{path}' is a damaged gzip file ({err}); download or write it again") from None
     if len(data) < expected or longer:
-        what, found = (("truncated", len(data)) if len(data) < expected
-                       else ("longer than its header says", "more"))
+        what, found = ("truncated", len(data)) if len(data) < expected else ("longer than its header says", "more")
         raise ValueError(
             f"read_idx: '{path}' is {what}: shape {shape} of {dtype.newbyteorder('=')} "
             f"needs {expected} data bytes but the file has {found}"
@@ -136,15 +125,10 @@ def write_idx(path, array) -> None:
             f"{names}; cast first, e.g. array.astype(np.int32)"
         )
     if array.ndim > 255 or any(d >= 2**31 for d in array.shape):
-        raise ValueError(
-            f"write_idx: IDX allows at most 255 dimensions of size < 2**31, got shape "
-            f"{array.shape}"
-        )
+        raise ValueError(f"write_idx: IDX allows at most 255 dimensions of size < 2**31, got shape {array.shape}")
     code = _IDX_CODES[dtype]
     header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, ">i4").tobytes()
     payload = header + np.ascontiguousarray(array, _IDX_DTYPES[code]).tobytes()
     if path.name.endswith(".gz"):
         payload = gzip.compress(payload, mtime=0)
     atomic.write("write_idx", path, lambda f: f.write(payload), example="images.idx", what="an IDX file")
-
-

@@ -9,9 +9,7 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError as err:
-        raise ImportError(
-            "funcprop.plots needs matplotlib; install it with pip install -e '.[experiments]'"
-        ) from err
+        raise ImportError("funcprop.plots needs matplotlib; install it with pip install -e '.[experiments]'") from err
     matplotlib.use("Agg")  # files only, no screen
     import matplotlib.pyplot as plt
 

@@ -59,9 +59,18 @@ def train_digits(
     optimizer = optax.adamw(learning_rate, weight_decay=1e-4)
     ckpt = out / "checkpoint.npz"  # the full TrainState, resumable with train(..., resume=True)
     result = train.train(
-        model, params, optimizer, ds,
-        epochs=epochs, batch_size=batch_size, key=jax.random.key(seed + 1),
-        gradient=gradient, out_dir=out, progress=progress, target_accuracy=target, checkpoint_path=ckpt,
+        model,
+        params,
+        optimizer,
+        ds,
+        epochs=epochs,
+        batch_size=batch_size,
+        key=jax.random.key(seed + 1),
+        gradient=gradient,
+        out_dir=out,
+        progress=progress,
+        target_accuracy=target,
+        checkpoint_path=ckpt,
         config={"model": description, "seed": seed, "batch_size": batch_size, "learning_rate": learning_rate},
     )
     plots.plot_history(result.history, out / "curves.png", title=f"digits, {description}")
@@ -85,7 +94,9 @@ def train_digits(
     }
 
 
-def sklearn_time_to_accuracy(seed: int = 0, target: float = TARGET, max_epochs: int = 200, batch_size: int = 32) -> dict:
+def sklearn_time_to_accuracy(
+    seed: int = 0, target: float = TARGET, max_epochs: int = 200, batch_size: int = 32
+) -> dict:
     """scikit-learn's MLPClassifier on the same digits split, the same widths and Adam.
 
     One ``partial_fit`` call per epoch; the clock runs from construction to the first
@@ -98,8 +109,14 @@ def sklearn_time_to_accuracy(seed: int = 0, target: float = TARGET, max_epochs: 
     ds = data.digits(seed=seed)
     classes = np.arange(ds.num_classes)
     start = time.perf_counter()
-    clf = MLPClassifier(hidden_layer_sizes=DIGITS_SIZES[1:-1], solver="adam", learning_rate_init=1e-3,
-                        batch_size=batch_size, alpha=1e-4, random_state=seed)
+    clf = MLPClassifier(
+        hidden_layer_sizes=DIGITS_SIZES[1:-1],
+        solver="adam",
+        learning_rate_init=1e-3,
+        batch_size=batch_size,
+        alpha=1e-4,
+        random_state=seed,
+    )
     reached, accuracy, epochs = None, 0.0, 0
     while epochs < max_epochs:
         epochs += 1
@@ -111,8 +128,9 @@ def sklearn_time_to_accuracy(seed: int = 0, target: float = TARGET, max_epochs: 
     return {"time_to_target_s": reached, "target": target, "epochs": epochs, "test_accuracy": accuracy}
 
 
-def main_job(out_dir, *, epochs: int = 40, seed: int = 0, progress: bool = True, compare_sklearn: bool = True,
-             cases=RULES) -> dict:
+def main_job(
+    out_dir, *, epochs: int = 40, seed: int = 0, progress: bool = True, compare_sklearn: bool = True, cases=RULES
+) -> dict:
     """Verify every rule (float32, float64), train on digits, write the report folder.
 
     ``cases`` (default: the whole table) exists so that a smoke test can verify fewer.

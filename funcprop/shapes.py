@@ -45,8 +45,20 @@ def mlp_table(sizes, batch=None, activation="sigmoid") -> str:
     params, grads, traces = _pass(model, (sizes[0],), batch)
     header = ["layer", "h_k", "Ω_k", "β_k", "f_k", "δ_k = ∂L/∂f_k", "∂L/∂Ω_k", "∂L/∂β_k", "∂L/∂h_k"]
     dense = [(t, p, g) for t, p, g in zip(traces, params, grads) if isinstance(p, nn.DenseParams)]
-    rows = [[str(k), _fmt(t.input), _fmt(p.omega), _fmt(p.beta), _fmt(t.output), _fmt(t.output_grad),
-             _fmt(g.omega), _fmt(g.beta), _fmt(t.input_grad)] for k, (t, p, g) in enumerate(dense)]
+    rows = [
+        [
+            str(k),
+            _fmt(t.input),
+            _fmt(p.omega),
+            _fmt(p.beta),
+            _fmt(t.output),
+            _fmt(t.output_grad),
+            _fmt(g.omega),
+            _fmt(g.beta),
+            _fmt(t.input_grad),
+        ]
+        for k, (t, p, g) in enumerate(dense)
+    ]
     what = "one example" if batch is None else f"batch of {batch}"
     return _table(header, rows, f"mlp {'-'.join(map(str, sizes))} ({activation}, softmax cross-entropy), {what}:")
 
@@ -58,8 +70,17 @@ def graph_table(model, example_shape, batch=None, *, title="model") -> str:
     leaf_params = [p for _, _, p in nn.leaves(model, params)]
     leaf_grads = [g for _, _, g in nn.leaves(model, grads)]
     header = ["layer", "input", "output", "params", "∂L/∂output", "∂L/∂params", "∂L/∂input"]
-    rows = [[t.name, _fmt(t.input), _fmt(t.output), _fmt(list(jax.tree.leaves(p))) or "-",
-             _fmt(t.output_grad), _fmt(list(jax.tree.leaves(g))) or "-", _fmt(t.input_grad)]
-            for t, p, g in zip(traces, leaf_params, leaf_grads)]
+    rows = [
+        [
+            t.name,
+            _fmt(t.input),
+            _fmt(t.output),
+            _fmt(list(jax.tree.leaves(p))) or "-",
+            _fmt(t.output_grad),
+            _fmt(list(jax.tree.leaves(g))) or "-",
+            _fmt(t.input_grad),
+        ]
+        for t, p, g in zip(traces, leaf_params, leaf_grads)
+    ]
     what = "one example" if batch is None else f"batch of {batch}"
     return _table(header, rows, f"{title} (softmax cross-entropy), {what}:")

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 
@@ -28,8 +29,9 @@ def timer(call: Callable[[], Any], wait: Callable[[Any], Any] = jax.block_until_
     return run
 
 
-def median_seconds(call: Callable[[], Any], repeats: int, *, warmup: int = 1,
-                   wait: Callable[[Any], Any] = jax.block_until_ready) -> float:
+def median_seconds(
+    call: Callable[[], Any], repeats: int, *, warmup: int = 1, wait: Callable[[Any], Any] = jax.block_until_ready
+) -> float:
     """The median wall time of one ``call()`` over ``repeats``, after ``warmup`` calls
     (the first compiles)."""
     run = timer(call, wait)

@@ -25,7 +25,8 @@ import json
 import math
 import pathlib
 import time
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -124,8 +125,10 @@ def make_epoch(grad_fn, optimizer: optax.GradientTransformation, n_examples: int
         key, shuffle_key, step_keys = epoch_keys(state.key, n_batches)
         order = shuffle.permutation(shuffle_key, n_examples)[: n_batches * batch_size]
         (params, opt_state), losses = jax.lax.scan(
-            lambda c, xs: step(c, *xs, x, y), (state.params, state.opt_state),
-            (order.reshape(n_batches, batch_size), step_keys), unroll=unroll,
+            lambda c, xs: step(c, *xs, x, y),
+            (state.params, state.opt_state),
+            (order.reshape(n_batches, batch_size), step_keys),
+            unroll=unroll,
         )
         return TrainState(params, opt_state, key, state.epoch + 1), jnp.mean(losses)
 
@@ -159,8 +162,9 @@ def _n_correct(kind, out, y):
     return jnp.sum((out > 0) == (y > 0.5)) / math.prod(out.shape[1:])  # per example
 
 
-def make_evaluate(apply, loss: Callable = softmax_cross_entropy, *, accuracy: str | None = "class-ids",
-                  batch_size: int = EVAL_BATCH):
+def make_evaluate(
+    apply, loss: Callable = softmax_cross_entropy, *, accuracy: str | None = "class-ids", batch_size: int = EVAL_BATCH
+):
     """A jitted ``evaluate(params, x, y) -> (mean loss, accuracy or None)``.
 
     The examples are evaluated in chunks of ``batch_size`` (a ``lax.map`` over the full
@@ -187,7 +191,7 @@ def make_evaluate(apply, loss: Callable = softmax_cross_entropy, *, accuracy: st
             ys = y[: full * b].reshape(full, b, *y.shape[1:])
             parts.append(jax.tree.map(jnp.sum, jax.lax.map(lambda xy: chunk(params, *xy), (xs, ys))))
         if full * b < n:
-            parts.append(chunk(params, x[full * b:], y[full * b:]))
+            parts.append(chunk(params, x[full * b :], y[full * b :]))
         total_loss, correct = (sum(t) for t in zip(*parts))
         return total_loss / n, (correct / n if accuracy else None)
 
@@ -210,8 +214,10 @@ def _first_bad(fn: str, name: str, bad: np.ndarray, values: np.ndarray, want: st
     """ValueError naming how many entries of ``name`` are bad, and the first one."""
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"{fn}: {name} must hold {want}; {int(bad.sum())} entries do not, the first "
-                         f"{values[first].item()!r} at index {first}; {fix}")
+        raise ValueError(
+            f"{fn}: {name} must hold {want}; {int(bad.sum())} entries do not, the first "
+            f"{values[first].item()!r} at index {first}; {fix}"
+        )
 
 
 def check_data(data, apply, params, loss: Callable = softmax_cross_entropy, fn: str = "train") -> None:
@@ -227,23 +233,37 @@ def check_data(data, apply, params, loss: Callable = softmax_cross_entropy, fn: 
     for part in ("train", "test"):
         x, y = np.asarray(getattr(data, f"x_{part}")), np.asarray(getattr(data, f"y_{part}"))
         if x.shape[:1] != y.shape[:1]:
-            raise ValueError(f"{fn}: x_{part} has {x.shape[:1]} examples but y_{part} has {y.shape[:1]}; "
-                             f"give one target per example")
+            raise ValueError(
+                f"{fn}: x_{part} has {x.shape[:1]} examples but y_{part} has {y.shape[:1]}; give one target per example"
+            )
         if part == "train" and x.shape[0] == 0:
             raise ValueError(f"{fn}: the training set is empty (x_train has shape {x.shape}); pass examples")
         if np.issubdtype(x.dtype, np.inexact):
-            _first_bad(fn, f"x_{part}", ~np.isfinite(x), x, "finite values",
-                       "drop or impute those examples (a NaN input makes every gradient NaN)")
+            _first_bad(
+                fn,
+                f"x_{part}",
+                ~np.isfinite(x),
+                x,
+                "finite values",
+                "drop or impute those examples (a NaN input makes every gradient NaN)",
+            )
         if x.shape[0] == 0:
             continue
         out = jax.eval_shape(apply, params, jnp.asarray(x[:1]))
         if loss is softmax_cross_entropy and np.issubdtype(y.dtype, np.integer):
             classes = out.shape[-1]
-            _first_bad(fn, f"y_{part}", (y < 0) | (y >= classes), y, f"class ids in [0, {classes})",
-                       f"the model has {classes} outputs: give it as many as there are classes, or fix the labels")
+            _first_bad(
+                fn,
+                f"y_{part}",
+                (y < 0) | (y >= classes),
+                y,
+                f"class ids in [0, {classes})",
+                f"the model has {classes} outputs: give it as many as there are classes, or fix the labels",
+            )
         elif np.issubdtype(y.dtype, np.floating):
             low, high = {softmax_cross_entropy: (0.0, np.inf), sigmoid_binary_cross_entropy: (0.0, 1.0)}.get(
-                loss, (-np.inf, np.inf))
+                loss, (-np.inf, np.inf)
+            )
             want = "finite values" + (f" in [{low:g}, {high:g}]" if loss is not None and low == 0 else "")
             _first_bad(fn, f"y_{part}", ~np.isfinite(y) | (y < low) | (y > high), y, want, "fix those targets")
 
@@ -324,8 +344,9 @@ class MetricsLog:
     ``time_to_target_s`` (the elapsed time at which the target was first reached).
     """
 
-    def __init__(self, rows=(), *, target_accuracy: float | None = None, progress: bool = True,
-                 total: int | None = None):
+    def __init__(
+        self, rows=(), *, target_accuracy: float | None = None, progress: bool = True, total: int | None = None
+    ):
         self.rows = list(rows)
         self.target_accuracy = target_accuracy
         self.offset = self.rows[-1]["elapsed_s"] if self.rows else 0.0
@@ -342,8 +363,9 @@ class MetricsLog:
             row["time_to_target_s"] = self.reached
         self.rows.append(row)
         if self.bar is not None:
-            shown = {k: f"{row[v]:.4f}" for k, v in (("loss", "train_loss"), ("acc", "test_accuracy"))
-                     if row[v] is not None}
+            shown = {
+                k: f"{row[v]:.4f}" for k, v in (("loss", "train_loss"), ("acc", "test_accuracy")) if row[v] is not None
+            }
             self.bar.set_postfix(**shown)
             self.bar.update()
         return row
@@ -413,8 +435,10 @@ def train(
         raise ValueError(f"train: batch_size must be an int in [1, {n}] (the training set size), got {batch_size!r}")
     _typed_key("train", key)
     if resume and checkpoint_path is None:
-        raise ValueError("train: resume=True needs checkpoint_path, the checkpoint to continue from; pass it, "
-                         "or leave resume=False to start fresh")
+        raise ValueError(
+            "train: resume=True needs checkpoint_path, the checkpoint to continue from; pass it, "
+            "or leave resume=False to start fresh"
+        )
     apply = nn.as_layer("train", 0, model).apply if nn.is_layer(model) else model
     check_data(data, apply, params, loss)
     accuracy = accuracy_kind(loss, data.y_test) if len(data.x_test) else None

@@ -23,24 +23,30 @@ def verify_rules(dtypes=(jnp.float32, jnp.float64), seed: int = 0, cases=RULES) 
                 dtype = jnp.dtype(dtype)
                 args = case.args(jax.random.key(seed + i), dtype)
                 report = check_vjp(
-                    case.rule, *args, kwargs=case.kwargs, key=jax.random.key(seed + 1000 + i),
-                    finite_differences=dtype == jnp.float64, raise_on_fail=False,
+                    case.rule,
+                    *args,
+                    kwargs=case.kwargs,
+                    key=jax.random.key(seed + 1000 + i),
+                    finite_differences=dtype == jnp.float64,
+                    raise_on_fail=False,
                 )
                 by_check: dict = {}
                 for r in report.rows:
                     by_check.setdefault(r.check, []).append(r)
                 vjp_rows = by_check.get("vjp", [])
                 fd_rows = by_check.get("finite-diff", [])
-                rows.append({
-                    "rule": case.name,
-                    "dtype": dtype.name,
-                    "vs_twin_max_rel_error": max((r.max_rel_error for r in vjp_rows), default=None),
-                    "vs_twin_tol": vjp_rows[0].tol if vjp_rows else None,
-                    "vs_fd_max_rel_error": max((r.max_rel_error for r in fd_rows), default=None),
-                    "vs_fd_tol": fd_rows[0].tol if fd_rows else None,
-                    "checks": len(report.rows),
-                    "passed": report.passed,
-                })
+                rows.append(
+                    {
+                        "rule": case.name,
+                        "dtype": dtype.name,
+                        "vs_twin_max_rel_error": max((r.max_rel_error for r in vjp_rows), default=None),
+                        "vs_twin_tol": vjp_rows[0].tol if vjp_rows else None,
+                        "vs_fd_max_rel_error": max((r.max_rel_error for r in fd_rows), default=None),
+                        "vs_fd_tol": fd_rows[0].tol if fd_rows else None,
+                        "checks": len(report.rows),
+                        "passed": report.passed,
+                    }
+                )
     return rows
 
 
@@ -60,6 +66,9 @@ def verification_markdown(rows: list[dict]) -> str:
             f"{err(r['vs_fd_max_rel_error'], r['vs_fd_tol'])} | {'pass' if r['passed'] else '**FAIL**'} |"
         )
     passed = sum(r["passed"] for r in rows)
-    lines += ["", f"{passed} of {len(rows)} passed. Errors are the worst scaled relative error "
-              "|a − b| / (|b| + max|b|) over every element, argument and cotangent."]
+    lines += [
+        "",
+        f"{passed} of {len(rows)} passed. Errors are the worst scaled relative error "
+        "|a − b| / (|b| + max|b|) over every element, argument and cotangent.",
+    ]
     return "\n".join(lines) + "\n"

@@ -55,8 +55,11 @@ def conv_flag_in_effect() -> bool:
     # YNNPACK takes only large convolutions: a small one would say False with the flag off too
     x = jax.ShapeDtypeStruct((32, 28, 28, 64), jnp.float32)  # (c_in, H, W, N), as conv2d's bwd has it
     delta = jax.ShapeDtypeStruct((28, 28, 64, 64), jnp.float32)  # (H_out, W_out, N, c_out)
-    conv = jax.jit(lambda x, d: lax.conv_general_dilated(2 * x, d, (1, 1), ((1, 1), (1, 1)),
-                                                         dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    conv = jax.jit(
+        lambda x, d: lax.conv_general_dilated(
+            2 * x, d, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+    )
     return "__ynn_fusion" not in conv.lower(x, delta).compile().as_text()
 
 

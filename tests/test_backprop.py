@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import RTOL, assert_close
 
 import funcprop as fp
 from funcprop import backprop, nn
-from helpers import RTOL, assert_close
 
 F64 = RTOL[np.dtype("float64")]
 LOSSES = {
@@ -55,11 +55,17 @@ def test_backprop_equals_autodiff_through_rules_and_twins(activation, loss_name)
 def test_seed_network_intermediates_follow_the_recursion():
     """δ_k hᵀ, Ωᵀ δ, a'(f) ⊙ ∂L/∂h, layer by layer, as in the notes' walkthrough."""
     model, params, x, y = _problem("sigmoid", "softmax_cross_entropy", sizes=(2, 4, 7, 3, 2), batch=5)
-    value, grads, traces = jax.jit(
-        backprop.value_and_grad(model, fp.softmax_cross_entropy, return_intermediates=True)
-    )(params, x, y)
+    value, grads, traces = jax.jit(backprop.value_and_grad(model, fp.softmax_cross_entropy, return_intermediates=True))(
+        params, x, y
+    )
     assert [t.name for t in traces] == [
-        "0 Dense(4)", "1 Sigmoid", "2 Dense(7)", "3 Sigmoid", "4 Dense(3)", "5 Sigmoid", "6 Dense(2)"
+        "0 Dense(4)",
+        "1 Sigmoid",
+        "2 Dense(7)",
+        "3 Sigmoid",
+        "4 Dense(3)",
+        "5 Sigmoid",
+        "6 Dense(2)",
     ]
     # δ_K = (p − y) / B at the logits
     p = jax.nn.softmax(traces[-1].output)
@@ -78,8 +84,14 @@ def test_seed_network_intermediates_follow_the_recursion():
 
 _BACKWARD_PATH = sorted(
     ["funcprop/backprop.py"]
-    + [str(p.relative_to(pathlib.Path(fp.__file__).parent.parent)) for p in pathlib.Path(fp.__file__).parent.glob("nn/*.py")]
-    + [str(p.relative_to(pathlib.Path(fp.__file__).parent.parent)) for p in pathlib.Path(fp.__file__).parent.glob("rules/*.py")]
+    + [
+        str(p.relative_to(pathlib.Path(fp.__file__).parent.parent))
+        for p in pathlib.Path(fp.__file__).parent.glob("nn/*.py")
+    ]
+    + [
+        str(p.relative_to(pathlib.Path(fp.__file__).parent.parent))
+        for p in pathlib.Path(fp.__file__).parent.glob("rules/*.py")
+    ]
 )
 
 
@@ -115,7 +127,9 @@ def test_backprop_checks_label_shapes():
 
 def test_backprop_refuses_integer_inputs_as_the_rules_do():
     model, params, x, y = _problem("relu", "softmax_cross_entropy")
-    with pytest.raises(TypeError, match=r"serial layer 0 \(Dense\(\d+\)\): dense: h must be a floating-point array, got dtype int32"):
+    with pytest.raises(
+        TypeError, match=r"serial layer 0 \(Dense\(\d+\)\): dense: h must be a floating-point array, got dtype int32"
+    ):
         backprop.value_and_grad(model, fp.softmax_cross_entropy)(params, x.astype(jnp.int32), y)
     with pytest.raises(TypeError, match=r"dense: h must be a floating-point array, got dtype int32"):
         model.apply(params, x.astype(jnp.int32))
@@ -134,7 +148,12 @@ def test_jacobian_formulation_equals_vjp_and_autodiff(activation):
     twin = activation.vjp_rule.twin
     ref_w, ref_b = jax.grad(lambda w, b: jnp.sum(dc_da * twin(w @ x + b)), argnums=(0, 1))(omega, beta)
     assert jac_w.shape == (n, m)
-    for got, want, what in [(jac_w, ref_w, "Jacobian dC/dΩ"), (vjp_w, ref_w, "VJP δ xᵀ"), (jac_b, ref_b, "Jacobian dC/dβ"), (vjp_b, ref_b, "VJP δ")]:
+    for got, want, what in [
+        (jac_w, ref_w, "Jacobian dC/dΩ"),
+        (vjp_w, ref_w, "VJP δ xᵀ"),
+        (jac_b, ref_b, "Jacobian dC/dβ"),
+        (vjp_b, ref_b, "VJP δ"),
+    ]:
         assert_close(got, want, F64, what)
 
 
@@ -142,7 +161,9 @@ def test_backprop_shape_errors_name_the_layer_position():
     model = nn.serial(nn.Dense(3), nn.Relu(), nn.Dense(3))
     _, params = model.init(jax.random.key(0), (4,))
     bad = (params[0], params[1], nn.DenseParams(jnp.ones((3, 4), jnp.float32), jnp.ones(3, jnp.float32)))
-    with pytest.raises(ValueError, match=r"serial layer 2 \(Dense\(3\)\): dense: omega has shape \(3, 4\) but h has 3 features"):
+    with pytest.raises(
+        ValueError, match=r"serial layer 2 \(Dense\(3\)\): dense: omega has shape \(3, 4\) but h has 3 features"
+    ):
         backprop.value_and_grad(model, fp.mse)(bad, jnp.ones((2, 4), jnp.float32), jnp.ones((2, 3), jnp.float32))
 
 

@@ -15,7 +15,10 @@ def test_quick_benchmark_writes_json_markdown_and_png(tmp_path, capsys):
     report = json.loads((tmp_path / "benchmark.json").read_text())
     assert [c["case"] for c in report["cases"]] == [c.name for c in bench.QUICK_CASES]
     rates = report["matmul_rates_flops"]
-    assert set(rates) == {str(n) for n in bench.PEAK_SIZES["quick"]} and report["matmul_peak_flops"] == max(rates.values()) > 0
+    assert (
+        set(rates) == {str(n) for n in bench.PEAK_SIZES["quick"]}
+        and report["matmul_peak_flops"] == max(rates.values()) > 0
+    )
     for case in report["cases"]:
         assert set(case["variants"]) == {"rules", "jax.grad", "backprop"}
         auto = case["variants"]["jax.grad"]
@@ -58,8 +61,10 @@ def test_rules_and_backprop_compile_to_one_program():
     _, params = model.init(jax.random.key(0), case.input_shape)
     x, y = bench.case_data(case, jax.random.key(1))
     opt = optax.adam(1e-3)
-    prints = {g: bench.program_fingerprint(bench.make_step(model, g, opt).lower(params, opt.init(params), x, y).compile())
-              for g in ("rules", "backprop", "twins")}
+    prints = {
+        g: bench.program_fingerprint(bench.make_step(model, g, opt).lower(params, opt.init(params), x, y).compile())
+        for g in ("rules", "backprop", "twins")
+    }
     assert prints["rules"] == prints["backprop"] != prints["twins"]
 
 

@@ -2,7 +2,8 @@
 
 import json
 import re
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,8 +46,12 @@ def test_vmap_and_second_order_pass_with_an_integer_leaf():
     logits, ids = _normal(0, 6, 5), jnp.arange(6) % 5
     report = check_vjp(softmax_cross_entropy, logits, ids, vmap=True, second_order=True)
     assert [(r.check, r.leaf) for r in report.rows] == [
-        ("output", "out"), ("vjp", "args[0]"), ("finite-diff", "args[0]"),
-        ("vmap", "out"), ("vmap", "args[0]"), ("second-order", "args[0]"),
+        ("output", "out"),
+        ("vjp", "args[0]"),
+        ("finite-diff", "args[0]"),
+        ("vmap", "out"),
+        ("vmap", "args[0]"),
+        ("second-order", "args[0]"),
     ]  # the integer class ids, args[1], are held fixed: no row
     assert report.passed
 
@@ -96,23 +101,48 @@ _OMEGA, _OMEGA4, _BETA = _normal(2, 4, 3), _normal(2, 4, 4), _normal(3, 4)
 BUGS = [
     # Ωᵀ δ written Ω δ: H̄ = Δ Ωᵀ instead of Δ Ω. On a non-square layer that is a shape
     # error JAX reports; on a square one it runs silently, which is what needs a checker.
-    Bug("dense/omega-not-transposed", dense_twin, (_H4, _OMEGA4, _BETA),
+    Bug(
+        "dense/omega-not-transposed",
+        dense_twin,
+        (_H4, _OMEGA4, _BETA),
         lambda r, d: (d @ r[1], d.T @ r[0], d.sum(0)),
-        lambda r, d: (d @ r[1].T, d.T @ r[0], d.sum(0)), {"args[0]"}),
+        lambda r, d: (d @ r[1].T, d.T @ r[0], d.sum(0)),
+        {"args[0]"},
+    ),
     # The same bug on a non-square layer, made to fit: Ω reshaped to (n_in, n_out)
     # where it must be transposed. Shapes agree, values do not.
-    Bug("dense/omega-reshaped-not-transposed", dense_twin, (_H, _OMEGA, _BETA),
+    Bug(
+        "dense/omega-reshaped-not-transposed",
+        dense_twin,
+        (_H, _OMEGA, _BETA),
         lambda r, d: (d @ r[1], d.T @ r[0], d.sum(0)),
-        lambda r, d: (d @ r[1].reshape(r[1].shape[::-1]).T, d.T @ r[0], d.sum(0)), {"args[0]"}),
-    Bug("dense/halved-dh", dense_twin, (_H, _OMEGA, _BETA),
+        lambda r, d: (d @ r[1].reshape(r[1].shape[::-1]).T, d.T @ r[0], d.sum(0)),
+        {"args[0]"},
+    ),
+    Bug(
+        "dense/halved-dh",
+        dense_twin,
+        (_H, _OMEGA, _BETA),
         lambda r, d: (d @ r[1], d.T @ r[0], d.sum(0)),
-        lambda r, d: (0.5 * (d @ r[1]), d.T @ r[0], d.sum(0)), {"args[0]"}),
-    Bug("cross-entropy/missing-1/B", _mean_cross_entropy,
+        lambda r, d: (0.5 * (d @ r[1]), d.T @ r[0], d.sum(0)),
+        {"args[0]"},
+    ),
+    Bug(
+        "cross-entropy/missing-1/B",
+        _mean_cross_entropy,
         (_normal(4, 6, 5), jnp.arange(6) % 5),
-        _cross_entropy_bwd(lambda z: 1 / z.shape[0]), _cross_entropy_bwd(lambda z: 1.0),
-        {"args[0]"}),
-    Bug("mse/swapped-cotangents", _mse, (_normal(5, 5, 3), _normal(6, 5, 3)),
-        _mse_bwd(swap=False), _mse_bwd(swap=True), {"args[0]", "args[1]"}),
+        _cross_entropy_bwd(lambda z: 1 / z.shape[0]),
+        _cross_entropy_bwd(lambda z: 1.0),
+        {"args[0]"},
+    ),
+    Bug(
+        "mse/swapped-cotangents",
+        _mse,
+        (_normal(5, 5, 3), _normal(6, 5, 3)),
+        _mse_bwd(swap=False),
+        _mse_bwd(swap=True),
+        {"args[0]", "args[1]"},
+    ),
 ]
 
 
@@ -162,26 +192,38 @@ def _layer_and_loss_plain(params, x, target):
 
 @pytest.mark.parametrize(
     "params, paths",
-    [(Params(_OMEGA, _BETA), ["args[0].omega", "args[0].beta"]),
-     ({"omega": _OMEGA, "beta": _BETA}, ["args[0]['beta']", "args[0]['omega']"])],
+    [
+        (Params(_OMEGA, _BETA), ["args[0].omega", "args[0].beta"]),
+        ({"omega": _OMEGA, "beta": _BETA}, ["args[0]['beta']", "args[0]['omega']"]),
+    ],
     ids=["namedtuple", "dict"],
 )
 def test_report_names_leaves_by_key_path(params, paths):
-    report = check_vjp(_layer_and_loss, params, _H, _normal(8, 5, 4),
-                       reference=_layer_and_loss_plain)
+    report = check_vjp(_layer_and_loss, params, _H, _normal(8, 5, 4), reference=_layer_and_loss_plain)
     leaves = [*paths, "args[1]", "args[2]"]
     assert [(r.check, r.leaf) for r in report.rows] == (
         [("output", "out[0]"), ("output", "out[1]")]
-        + [("vjp", leaf) for leaf in leaves] + [("finite-diff", leaf) for leaf in leaves])
+        + [("vjp", leaf) for leaf in leaves]
+        + [("finite-diff", leaf) for leaf in leaves]
+    )
     text = str(report)
     assert text.startswith("check_vjp(_layer_and_loss) against _layer_and_loss_plain: passed")
     assert re.search(r"^check +leaf +trial +worst at +expected +received", text, re.M)
     assert all(leaf in text for leaf in leaves)
     as_json = json.loads(json.dumps(report.to_dict()))
     assert as_json["passed"] and len(as_json["rows"]) == len(report.rows)
-    assert set(as_json["rows"][0]) == {"check", "leaf", "trial", "index", "expected",
-                                       "received", "max_abs_error", "max_rel_error",
-                                       "tol", "passed"}
+    assert set(as_json["rows"][0]) == {
+        "check",
+        "leaf",
+        "trial",
+        "index",
+        "expected",
+        "received",
+        "max_abs_error",
+        "max_rel_error",
+        "tol",
+        "passed",
+    }
 
 
 def test_report_finds_the_worst_element_without_raising():
@@ -192,8 +234,7 @@ def test_report_finds_the_worst_element_without_raising():
     pred, target = _normal(5, 5, 3), _normal(6, 5, 3)
     report = check_vjp(_rule(_mse, bwd), pred, target, reference=_mse, raise_on_fail=False)
     assert not report.passed
-    assert [(r.check, r.leaf) for r in report.failures] == [("vjp", "args[0]"),
-                                                            ("finite-diff", "args[0]")]
+    assert [(r.check, r.leaf) for r in report.failures] == [("vjp", "args[0]"), ("finite-diff", "args[0]")]
     row = report.failures[0]
     assert row.index == (2, 1)
     assert row.received - row.expected == pytest.approx(1.0)
@@ -218,8 +259,7 @@ def test_error_message_names_check_leaf_index_values_and_tolerance():
 def test_float32_uses_float32_tolerance():
     case = _case("dense")
     report = check_vjp(case.rule, *case.args(jax.random.key(0), jnp.float32))
-    assert {(r.check, r.tol) for r in report.rows} == {
-        ("output", 1e-5), ("vjp", 1e-5), ("finite-diff", 1e-6)}
+    assert {(r.check, r.tol) for r in report.rows} == {("output", 1e-5), ("vjp", 1e-5), ("finite-diff", 1e-6)}
     report = check_vjp(case.rule, *case.args(jax.random.key(0), jnp.float64))
     assert {r.tol for r in report.rows if r.check != "finite-diff"} == {1e-12}
 
@@ -233,13 +273,11 @@ def test_float32_uses_float32_tolerance():
     assert check_vjp(rule, x, rtol=1e-3, **opts).passed
 
 
-@pytest.mark.parametrize("dtype, tol", [(jnp.float16, 1e-2), (jnp.bfloat16, 3e-2)],
-                         ids=["f16", "bf16"])
+@pytest.mark.parametrize("dtype, tol", [(jnp.float16, 1e-2), (jnp.bfloat16, 3e-2)], ids=["f16", "bf16"])
 def test_low_precision_tolerance(dtype, tol):
     report = check_vjp(_case("sigmoid").rule, _normal(10, 5, 4, dtype=dtype))
     assert report.passed
-    assert [(r.check, r.tol) for r in report.rows] == [
-        ("output", tol), ("vjp", tol), ("finite-diff", 1e-6)]
+    assert [(r.check, r.tol) for r in report.rows] == [("output", tol), ("vjp", tol), ("finite-diff", 1e-6)]
 
 
 def test_nan_on_one_side_fails_and_equal_infinities_pass():
@@ -270,29 +308,54 @@ def test_finite_differences_skipped_without_float64():
 _X = _normal(0, 5, 4)
 
 BAD_INPUTS = [
-    ("fn-not-callable", lambda: check_vjp(3.0, _X), TypeError,
-     r"check_vjp: fn must be callable, got a float"),
-    ("no-args", lambda: check_vjp(_case("relu").rule), ValueError,
-     r"check_vjp: no arguments given for relu; pass the inputs"),
-    ("no-reference", lambda: check_vjp(jnp.tanh, _X), TypeError,
-     r"check_vjp: tanh is not a funcprop rule .*pass reference="),
-    ("reference-shape", lambda: check_vjp(_case("relu").rule, _X, reference=lambda f: f.T),
-     ValueError, r"check_vjp: relu returns float64\[5, 4\] at out but the reference returns "
-                 r"float64\[4, 5\]; the reference must compute the same function"),
-    ("reference-pytree",
-     lambda: check_vjp(_case("relu").rule, _X, reference=lambda f: (f, f)),
-     ValueError, r"check_vjp: relu returns a pytree .* but the reference returns"),
-    ("only-integers", lambda: check_vjp(jnp.sin, jnp.arange(3), reference=jnp.sin),
-     TypeError, r"check_vjp: no floating-point leaf"),
-    ("string-arg", lambda: check_vjp(_case("relu").rule, _X, "x"), TypeError,
-     r"check_vjp: args\[1\] is a str, not an array; pass static arguments by name"),
-    ("n_cotangents", lambda: check_vjp(_case("relu").rule, _X, n_cotangents=0),
-     ValueError, r"check_vjp: n_cotangents must be a positive int, got 0"),
+    ("fn-not-callable", lambda: check_vjp(3.0, _X), TypeError, r"check_vjp: fn must be callable, got a float"),
+    (
+        "no-args",
+        lambda: check_vjp(_case("relu").rule),
+        ValueError,
+        r"check_vjp: no arguments given for relu; pass the inputs",
+    ),
+    (
+        "no-reference",
+        lambda: check_vjp(jnp.tanh, _X),
+        TypeError,
+        r"check_vjp: tanh is not a funcprop rule .*pass reference=",
+    ),
+    (
+        "reference-shape",
+        lambda: check_vjp(_case("relu").rule, _X, reference=lambda f: f.T),
+        ValueError,
+        r"check_vjp: relu returns float64\[5, 4\] at out but the reference returns "
+        r"float64\[4, 5\]; the reference must compute the same function",
+    ),
+    (
+        "reference-pytree",
+        lambda: check_vjp(_case("relu").rule, _X, reference=lambda f: (f, f)),
+        ValueError,
+        r"check_vjp: relu returns a pytree .* but the reference returns",
+    ),
+    (
+        "only-integers",
+        lambda: check_vjp(jnp.sin, jnp.arange(3), reference=jnp.sin),
+        TypeError,
+        r"check_vjp: no floating-point leaf",
+    ),
+    (
+        "string-arg",
+        lambda: check_vjp(_case("relu").rule, _X, "x"),
+        TypeError,
+        r"check_vjp: args\[1\] is a str, not an array; pass static arguments by name",
+    ),
+    (
+        "n_cotangents",
+        lambda: check_vjp(_case("relu").rule, _X, n_cotangents=0),
+        ValueError,
+        r"check_vjp: n_cotangents must be a positive int, got 0",
+    ),
 ]
 
 
-@pytest.mark.parametrize("call, error, pattern", [b[1:] for b in BAD_INPUTS],
-                         ids=[b[0] for b in BAD_INPUTS])
+@pytest.mark.parametrize("call, error, pattern", [b[1:] for b in BAD_INPUTS], ids=[b[0] for b in BAD_INPUTS])
 def test_bad_input_names_check_vjp_and_the_fix(call, error, pattern):
     with pytest.raises(error, match=pattern):
         call()

@@ -70,8 +70,7 @@ def assert_same_tree(got, want):
 @pytest.mark.parametrize("impl", ["threefry2x32", "rbg"])
 def test_round_trip_is_bit_for_bit(tmp_path, impl):
     state = make_state(impl=impl)
-    state["params"][0] = Params(state["params"][0].omega.at[0, 0].set(jnp.nan),
-                                state["params"][0].beta)
+    state["params"][0] = Params(state["params"][0].omega.at[0, 0].set(jnp.nan), state["params"][0].beta)
     meta = {"epoch": np.int64(7), "seed": 0, "config": {"sizes": (2, 4, 3)}, "loss": math.nan}
     written = ckpt.save(tmp_path / "state.ckpt", state, metadata=meta)
     assert written == tmp_path / "state.ckpt"
@@ -85,8 +84,7 @@ def test_round_trip_is_bit_for_bit(tmp_path, impl):
     assert metadata["config"] == {"sizes": [2, 4, 3]} and metadata["epoch"] == 7
     assert math.isnan(metadata["loss"])
     # the restored key continues the same random stream
-    np.testing.assert_array_equal(jax.random.normal(restored["key"], (3,)),
-                                  jax.random.normal(state["key"], (3,)))
+    np.testing.assert_array_equal(jax.random.normal(restored["key"], (3,)), jax.random.normal(state["key"], (3,)))
 
 
 def test_template_may_be_shape_dtype_structs_and_load_flat_needs_none(tmp_path):
@@ -96,8 +94,13 @@ def test_template_may_be_shape_dtype_structs_and_load_flat_needs_none(tmp_path):
     assert_same_tree(restored, state)
     flat, meta = ckpt.load_flat(tmp_path / "c")
     assert meta == {"epoch": 3}
-    assert list(flat) == ["['key']", "['params'][0].omega", "['params'][0].beta",
-                          "['params'][1].omega", "['params'][1].beta"]
+    assert list(flat) == [
+        "['key']",
+        "['params'][0].omega",
+        "['params'][0].beta",
+        "['params'][1].omega",
+        "['params'][1].beta",
+    ]
     np.testing.assert_array_equal(flat["['key']"], jax.random.key_data(state["key"]))
 
 
@@ -106,8 +109,14 @@ def test_a_template_from_eval_shape_of_the_saved_tree_loads_it(tmp_path, x64):
     # eval_shape makes a Python int int32 without x64 (the file holds int64), a float
     # float32: the Python numbers must still come back, as the numbers they were
     with jax.enable_x64(x64):
-        state = {"epoch": 7, "best": 0.25, "done": False, "z": 1 + 2j,
-                 "w": jnp.arange(3.0, dtype=jnp.float32), "key": jax.random.key(0)}
+        state = {
+            "epoch": 7,
+            "best": 0.25,
+            "done": False,
+            "z": 1 + 2j,
+            "w": jnp.arange(3.0, dtype=jnp.float32),
+            "key": jax.random.key(0),
+        }
         ckpt.save(tmp_path / "c", state)
         restored, _ = ckpt.load(tmp_path / "c", like=jax.eval_shape(lambda: state))
     assert_same_tree(restored, state)
@@ -124,8 +133,7 @@ def test_saving_again_replaces_the_checkpoint(tmp_path):
 
 
 def small_state():
-    return {"w": jnp.arange(6.0, dtype=jnp.float32).reshape(2, 3), "step": 3,
-            "key": jax.random.key(0)}
+    return {"w": jnp.arange(6.0, dtype=jnp.float32).reshape(2, 3), "step": 3, "key": jax.random.key(0)}
 
 
 @pytest.mark.parametrize("keep", [0, 5, 20, 100, 0.5, -33, -1])
@@ -154,7 +162,7 @@ def test_corruption_messages_say_what_failed(tmp_path):
     path = ckpt.save(tmp_path / "c", small_state())
     raw = path.read_bytes()
     middle = len(raw) // 2
-    path.write_bytes(raw[:middle] + bytes([raw[middle] ^ 1]) + raw[middle + 1:])
+    path.write_bytes(raw[:middle] + bytes([raw[middle] ^ 1]) + raw[middle + 1 :])
     with pytest.raises(CheckpointError, match=r"the sha256 checksum does not match \(bytes were altered"):
         ckpt.load(path, like=small_state())
     path.write_bytes(raw[:-10])
@@ -193,34 +201,66 @@ def test_missing_file(tmp_path):
 # --- the template ----------------------------------------------------------------
 
 WRONG_TEMPLATES = [
-    ("missing-leaf", lambda s: {k: v for k, v in s.items() if k != "step"},
-     r"leaf #1: the checkpoint has leaf \['step'\] where the template has leaf \['w'\]"),
-    ("extra-leaf", lambda s: {**s, "z": 1},
-     r"\(3 leaves in the checkpoint, 4 in the template\); the first difference is leaf #3: "
-     r"the checkpoint has no more leaves where the template has leaf \['z'\]"),
-    ("renamed", lambda s: {**{k: v for k, v in s.items() if k != "w"}, "v": s["w"]},
-     r"leaf #2: the checkpoint has leaf \['w'\] where the template has leaf \['v'\]"),
-    ("shape", lambda s: {**s, "w": jnp.zeros((3, 2), jnp.float32)},
-     r"at \['w'\]: the checkpoint has float32\(2, 3\) but the template has float32\(3, 2\)"),
-    ("dtype", lambda s: {**s, "w": jnp.zeros((2, 3), jnp.float64)},
-     r"at \['w'\]: the checkpoint has float32\(2, 3\) but the template has float64\(2, 3\)"),
-    ("python-type", lambda s: {**s, "step": 3.0},
-     r"at \['step'\]: the checkpoint has int64\(\) but the template has float64\(\)"),
-    ("abstract-python-type", lambda s: {**s, "step": jax.ShapeDtypeStruct((), jnp.float32)},
-     r"at \['step'\]: the checkpoint has int64\(\) but the template has float32\(\)"),
-    ("key-vs-array", lambda s: {**s, "key": jnp.zeros(2, jnp.uint32)},
-     r"at \['key'\]: the checkpoint has key<fry>\(\) but the template has uint32\(2,\)"),
-    ("key-impl", lambda s: {**s, "key": jax.random.key(0, impl="rbg")},
-     r"at \['key'\]: the checkpoint has key<fry>\(\) but the template has key<rbg>\(\)"),
-    ("key-shape", lambda s: {**s, "key": jax.random.split(jax.random.key(0), 2)},
-     r"at \['key'\]: the checkpoint has key<fry>\(\) but the template has key<fry>\(2,\)"),
-    ("array-vs-key", lambda s: {**s, "w": jax.random.split(jax.random.key(0), 2)},
-     r"at \['w'\]: the checkpoint has float32\(2, 3\) but the template has key<fry>\(2,\)"),
+    (
+        "missing-leaf",
+        lambda s: {k: v for k, v in s.items() if k != "step"},
+        r"leaf #1: the checkpoint has leaf \['step'\] where the template has leaf \['w'\]",
+    ),
+    (
+        "extra-leaf",
+        lambda s: {**s, "z": 1},
+        r"\(3 leaves in the checkpoint, 4 in the template\); the first difference is leaf #3: "
+        r"the checkpoint has no more leaves where the template has leaf \['z'\]",
+    ),
+    (
+        "renamed",
+        lambda s: {**{k: v for k, v in s.items() if k != "w"}, "v": s["w"]},
+        r"leaf #2: the checkpoint has leaf \['w'\] where the template has leaf \['v'\]",
+    ),
+    (
+        "shape",
+        lambda s: {**s, "w": jnp.zeros((3, 2), jnp.float32)},
+        r"at \['w'\]: the checkpoint has float32\(2, 3\) but the template has float32\(3, 2\)",
+    ),
+    (
+        "dtype",
+        lambda s: {**s, "w": jnp.zeros((2, 3), jnp.float64)},
+        r"at \['w'\]: the checkpoint has float32\(2, 3\) but the template has float64\(2, 3\)",
+    ),
+    (
+        "python-type",
+        lambda s: {**s, "step": 3.0},
+        r"at \['step'\]: the checkpoint has int64\(\) but the template has float64\(\)",
+    ),
+    (
+        "abstract-python-type",
+        lambda s: {**s, "step": jax.ShapeDtypeStruct((), jnp.float32)},
+        r"at \['step'\]: the checkpoint has int64\(\) but the template has float32\(\)",
+    ),
+    (
+        "key-vs-array",
+        lambda s: {**s, "key": jnp.zeros(2, jnp.uint32)},
+        r"at \['key'\]: the checkpoint has key<fry>\(\) but the template has uint32\(2,\)",
+    ),
+    (
+        "key-impl",
+        lambda s: {**s, "key": jax.random.key(0, impl="rbg")},
+        r"at \['key'\]: the checkpoint has key<fry>\(\) but the template has key<rbg>\(\)",
+    ),
+    (
+        "key-shape",
+        lambda s: {**s, "key": jax.random.split(jax.random.key(0), 2)},
+        r"at \['key'\]: the checkpoint has key<fry>\(\) but the template has key<fry>\(2,\)",
+    ),
+    (
+        "array-vs-key",
+        lambda s: {**s, "w": jax.random.split(jax.random.key(0), 2)},
+        r"at \['w'\]: the checkpoint has float32\(2, 3\) but the template has key<fry>\(2,\)",
+    ),
 ]
 
 
-@pytest.mark.parametrize("change, pattern", [t[1:] for t in WRONG_TEMPLATES],
-                         ids=[t[0] for t in WRONG_TEMPLATES])
+@pytest.mark.parametrize("change, pattern", [t[1:] for t in WRONG_TEMPLATES], ids=[t[0] for t in WRONG_TEMPLATES])
 def test_wrong_template_names_the_first_difference(tmp_path, change, pattern):
     path = ckpt.save(tmp_path / "c", small_state())
     with pytest.raises(CheckpointError, match=r"load: checkpoint '.*c' .*" + pattern):
@@ -232,8 +272,11 @@ def test_bad_leaves_and_metadata_are_refused_before_writing(tmp_path):
         ckpt.save(tmp_path / "c", {"name": "abc"})
     with pytest.raises(TypeError, match=r"save: metadata must be JSON-serialisable"):
         ckpt.save(tmp_path / "c", {}, metadata={"f": print})
-    with pytest.raises(TypeError, match=rf"save: the leaf at \['n'\] is the int {2**70}, "
-                       r"which does not fit in 64 bits"):
+    with pytest.raises(
+        TypeError,
+        match=rf"save: the leaf at \['n'\] is the int {2**70}, "
+        r"which does not fit in 64 bits",
+    ):
         ckpt.save(tmp_path / "c", {"n": 2**70})
     assert os.listdir(tmp_path) == []
 
@@ -241,15 +284,20 @@ def test_bad_leaves_and_metadata_are_refused_before_writing(tmp_path):
 # --- bad paths -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("call", [lambda p: ckpt.save(p, {"step": 1}),
-                                  lambda p: ckpt.load(p, like={"step": 0}), ckpt.load_flat],
-                         ids=["save", "load", "load_flat"])
+@pytest.mark.parametrize(
+    "call",
+    [lambda p: ckpt.save(p, {"step": 1}), lambda p: ckpt.load(p, like={"step": 0}), ckpt.load_flat],
+    ids=["save", "load", "load_flat"],
+)
 def test_a_directory_is_refused_by_name(tmp_path, call):
     folder = tmp_path / "run"
     folder.mkdir()
-    with pytest.raises(IsADirectoryError, match=rf"^(save|load): '{re.escape(str(folder))}' is a "
-                       r"directory, not a checkpoint file; pass a file path such as "
-                       rf"'{re.escape(str(folder / 'checkpoint.npz'))}'$"):
+    with pytest.raises(
+        IsADirectoryError,
+        match=rf"^(save|load): '{re.escape(str(folder))}' is a "
+        r"directory, not a checkpoint file; pass a file path such as "
+        rf"'{re.escape(str(folder / 'checkpoint.npz'))}'$",
+    ):
         call(folder)
     assert os.listdir(tmp_path) == ["run"] and os.listdir(folder) == []
 
@@ -258,9 +306,12 @@ def test_a_read_only_checkpoint_is_not_replaced(tmp_path):
     path = ckpt.save(tmp_path / "c", {"step": 1})
     before = path.read_bytes()
     path.chmod(0o444)
-    with pytest.raises(PermissionError, match=r"save: '.*c' is read-only, so it was not replaced "
-                       r"\(it is kept as it is\); make it writable \(chmod u\+w\) or choose "
-                       r"another path"):
+    with pytest.raises(
+        PermissionError,
+        match=r"save: '.*c' is read-only, so it was not replaced "
+        r"\(it is kept as it is\); make it writable \(chmod u\+w\) or choose "
+        r"another path",
+    ):
         ckpt.save(path, {"step": 2})
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["c"]
     assert ckpt.load(path, like={"step": 0})[0] == {"step": 1}
@@ -285,12 +336,14 @@ def test_a_read_only_folder_names_the_target_and_the_folder(tmp_path, monkeypatc
     folder = tmp_path / "ro"
     folder.mkdir()
     folder.chmod(0o555)
-    _as_a_user(monkeypatch, os, "open",
-               lambda file, flags, *_: flags & os.O_CREAT and file.parent == folder)
+    _as_a_user(monkeypatch, os, "open", lambda file, flags, *_: flags & os.O_CREAT and file.parent == folder)
     try:
-        with pytest.raises(PermissionError, match=r"save: cannot write '.*ro/c\.npz': creating a "
-                           r"file in its folder '.*ro' failed \(Permission denied\); make the "
-                           r"folder writable or choose another path") as err:
+        with pytest.raises(
+            PermissionError,
+            match=r"save: cannot write '.*ro/c\.npz': creating a "
+            r"file in its folder '.*ro' failed \(Permission denied\); make the "
+            r"folder writable or choose another path",
+        ) as err:
             ckpt.save(folder / "c.npz", {"step": 1})
     finally:
         folder.chmod(0o755)
@@ -302,8 +355,11 @@ def test_an_unreadable_checkpoint_is_named(tmp_path, monkeypatch):
     path = ckpt.save(tmp_path / "c", {"step": 1})
     path.chmod(0)
     _as_a_user(monkeypatch, pathlib.Path, "open", lambda file, *_: file == path)
-    with pytest.raises(PermissionError, match=r"load: cannot read '.*c': permission denied; make "
-                       r"it readable \(chmod u\+r\) or load a copy"):
+    with pytest.raises(
+        PermissionError,
+        match=r"load: cannot read '.*c': permission denied; make "
+        r"it readable \(chmod u\+r\) or load a copy",
+    ):
         ckpt.load(path, like={"step": 0})
 
 
@@ -361,8 +417,11 @@ def _fail_verification(monkeypatch):
     return CheckpointError, r"reading back '.*' failed: the leaf at \['a'\] differs"
 
 
-@pytest.mark.parametrize("fail", [_fail_midway, _fail_fsync, _fail_replace, _fail_verification],
-                         ids=["disk-full-midway", "fsync", "rename", "read-back"])
+@pytest.mark.parametrize(
+    "fail",
+    [_fail_midway, _fail_fsync, _fail_replace, _fail_verification],
+    ids=["disk-full-midway", "fsync", "rename", "read-back"],
+)
 def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, fail):
     old = {"a": np.arange(100.0), "step": 1}
     new = {"a": np.arange(100.0) * 2, "step": 2}
@@ -383,10 +442,13 @@ def test_a_full_disk_says_so_and_that_the_checkpoint_is_intact(tmp_path, monkeyp
     before = path.read_bytes()
     with monkeypatch.context() as patch:
         _fail_midway(patch)
-        with pytest.raises(OSError, match=r"^save: writing '.*c' failed: the disk is full "
-                           r"\(\[Errno 28\] No space left on device\); the previous file "
-                           r"\(if any\) is intact and the temporary file was removed; free some "
-                           r"space or choose another path$") as err:
+        with pytest.raises(
+            OSError,
+            match=r"^save: writing '.*c' failed: the disk is full "
+            r"\(\[Errno 28\] No space left on device\); the previous file "
+            r"\(if any\) is intact and the temporary file was removed; free some "
+            r"space or choose another path$",
+        ) as err:
             ckpt.save(path, {"a": np.zeros(100)})
     assert err.value.errno == errno.ENOSPC
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["c"]
@@ -401,9 +463,9 @@ def _dead_pid() -> int:
     return child.pid
 
 
-@pytest.mark.parametrize("then", [lambda p: ckpt.save(p, {"step": 2}),
-                                  lambda p: ckpt.load(p, like={"step": 0})],
-                         ids=["save", "load"])
+@pytest.mark.parametrize(
+    "then", [lambda p: ckpt.save(p, {"step": 2}), lambda p: ckpt.load(p, like={"step": 0})], ids=["save", "load"]
+)
 def test_stale_temporaries_are_removed_and_a_live_writers_is_kept(tmp_path, then):
     path = ckpt.save(tmp_path / "c", {"step": 1})
     writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -447,8 +509,9 @@ ckpt.save(sys.argv[1], {"a": np.ones(1_000_000)})
 def test_a_save_killed_mid_write_leaves_a_temporary_the_next_save_removes(tmp_path):
     path = ckpt.save(tmp_path / "c", {"a": np.zeros(1_000_000)})
     before = path.read_bytes()
-    child = subprocess.Popen([sys.executable, "-c", _KILLED_MID_SAVE, str(path)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_MID_SAVE, str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         line = child.stdout.readline()
     finally:
@@ -479,9 +542,7 @@ print("ok")
 
 
 def test_restore_onto_the_template_sharding(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-           "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     code = f"PATH = {str(tmp_path / 'c')!r}\n" + _SHARDED
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

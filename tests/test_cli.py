@@ -125,8 +125,22 @@ def seed_run(tmp_path_factory):
     out, stdout, stderr = tmp_path_factory.mktemp("seed"), io.StringIO(), io.StringIO()
     # optax's update promotes python scalars (the standard_promotion fixture, at module scope)
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), jax.numpy_dtype_promotion("standard"):
-        status = main(["train", "--dataset", "toy", "--arch", "seed", "--epochs", "1", "--resume",
-                       "--no-progress", "--no-cache", "--out", str(out / "run")])
+        status = main(
+            [
+                "train",
+                "--dataset",
+                "toy",
+                "--arch",
+                "seed",
+                "--epochs",
+                "1",
+                "--resume",
+                "--no-progress",
+                "--no-cache",
+                "--out",
+                str(out / "run"),
+            ]
+        )
     return status, stdout.getvalue(), stderr.getvalue(), out / "run"
 
 
@@ -164,10 +178,22 @@ def test_compiling_is_announced_on_stderr_only(seed_run):
     assert "compiling" not in stdout and stdout.startswith("toy-moons, mlp 2-4-7-3-2 sigmoid: 1 epochs")
 
 
-@pytest.mark.parametrize("command, work", [("train", "funcprop.train.train"), ("report", "funcprop.report.main_job"),
-                                           ("bench", "funcprop.bench.run"), ("verify", "funcprop.verify.verify_rules")])
-@pytest.mark.parametrize("where, message", [("afile", "--out {} is a file; pass a folder"),
-                                            ("afile/sub", "--out {} is inside {}, which is a file; pass a folder")])
+@pytest.mark.parametrize(
+    "command, work",
+    [
+        ("train", "funcprop.train.train"),
+        ("report", "funcprop.report.main_job"),
+        ("bench", "funcprop.bench.run"),
+        ("verify", "funcprop.verify.verify_rules"),
+    ],
+)
+@pytest.mark.parametrize(
+    "where, message",
+    [
+        ("afile", "--out {} is a file; pass a folder"),
+        ("afile/sub", "--out {} is inside {}, which is a file; pass a folder"),
+    ],
+)
 def test_out_is_checked_before_the_work_starts(command, work, where, message, tmp_path, capsys, monkeypatch):
     import importlib
 
@@ -192,8 +218,11 @@ def test_an_unwritable_out_is_refused_before_verifying(tmp_path, capsys, monkeyp
     monkeypatch.setattr(funcprop.cli, "tempfile", types.SimpleNamespace(TemporaryFile=denied))
     monkeypatch.setattr(funcprop.verify, "verify_rules", lambda *a, **k: pytest.fail("the work started"))
     out = tmp_path / "verify"
-    _one_line_error(capsys, main(["verify", "--out", str(out)]),
-                    f"--out {out} cannot be written ({tmp_path}: Permission denied); pass a folder you can write to")
+    _one_line_error(
+        capsys,
+        main(["verify", "--out", str(out)]),
+        f"--out {out} cannot be written ({tmp_path}: Permission denied); pass a folder you can write to",
+    )
 
 
 def test_an_empty_out_is_refused(capsys):
@@ -231,12 +260,19 @@ def test_help_shows_every_default():
     assert "(default: 128 128)" in shown["shapes", "--hidden"] and "(default: 20)" in shown["train", "--epochs"]
 
 
-@pytest.mark.parametrize("message, detail", [  # as XLA says it on a GPU, and on the CPU
-    ("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 20000000000 bytes.\nBufferAssignment OOM Debugging.",
-     "(Out of memory while trying to allocate 20000000000 bytes)"),
-    ("INTERNAL: Error dispatching computation: Out of memory allocating 400000000000000 bytes.",
-     "(Out of memory allocating 400000000000000 bytes)"),
-])
+@pytest.mark.parametrize(
+    "message, detail",
+    [  # as XLA says it on a GPU, and on the CPU
+        (
+            "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 20000000000 bytes.\nBufferAssignment OOM Debugging.",
+            "(Out of memory while trying to allocate 20000000000 bytes)",
+        ),
+        (
+            "INTERNAL: Error dispatching computation: Out of memory allocating 400000000000000 bytes.",
+            "(Out of memory allocating 400000000000000 bytes)",
+        ),
+    ],
+)
 def test_out_of_memory_is_one_line(message, detail, tmp_path, capsys, monkeypatch):
     import jax
 
@@ -299,10 +335,22 @@ def test_sigterm_stops_training_cleanly(tmp_path):
 
     from funcprop import checkpoint
 
-    argv = ["train", "--dataset", "toy", "--arch", "seed", "--epochs", "1000000", "--no-progress", "--no-cache",
-            "--out", str(tmp_path)]
-    with subprocess.Popen([sys.executable, "-m", "funcprop.cli", *argv], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True) as proc:
+    argv = [
+        "train",
+        "--dataset",
+        "toy",
+        "--arch",
+        "seed",
+        "--epochs",
+        "1000000",
+        "--no-progress",
+        "--no-cache",
+        "--out",
+        str(tmp_path),
+    ]
+    with subprocess.Popen(
+        [sys.executable, "-m", "funcprop.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
         try:
             deadline = time.monotonic() + 240
             while not (tmp_path / "checkpoint.npz").exists() and proc.poll() is None and time.monotonic() < deadline:

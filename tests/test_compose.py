@@ -9,10 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import RTOL, assert_close, assert_trees_close, grads_three_ways, random_params
 
 import funcprop as fp
 from funcprop import backprop, nn
-from helpers import RTOL, assert_close, assert_trees_close, grads_three_ways, random_params
 
 F64 = RTOL[np.dtype("float64")]
 P64 = dict(param_dtype=jnp.float64)
@@ -36,33 +36,82 @@ NETWORKS = {
     "residual": (lambda: nn.serial(dense(D), nn.residual(nn.serial(dense(D), nn.Tanh())), dense(C)), (2,), None),
     "fanout_sum": (lambda: nn.serial(nn.FanOut(2), nn.parallel(dense(C), dense(C)), nn.FanInSum()), (2,), None),
     "fanout3_concat": (
-        lambda: nn.serial(nn.FanOut(3), nn.parallel(dense(2), nn.Sigmoid(), nn.serial(dense(1), nn.Tanh())),
-                          nn.FanInConcat(), dense(C)), (2,), None),
+        lambda: nn.serial(
+            nn.FanOut(3),
+            nn.parallel(dense(2), nn.Sigmoid(), nn.serial(dense(1), nn.Tanh())),
+            nn.FanInConcat(),
+            dense(C),
+        ),
+        (2,),
+        None,
+    ),
     "identity_branch": (
         lambda: nn.serial(dense(D), nn.FanOut(2), nn.parallel(nn.Identity(), dense(D)), nn.FanInSum(), dense(C)),
-        (2,), None),
+        (2,),
+        None,
+    ),
     "branches_of_different_depth": (
-        lambda: nn.serial(nn.FanOut(2), nn.parallel(nn.serial(dense(4), nn.Tanh(), dense(D), nn.Gelu(), dense(C)),
-                                                    dense(C)), nn.FanInSum()), (2,), None),
+        lambda: nn.serial(
+            nn.FanOut(2),
+            nn.parallel(nn.serial(dense(4), nn.Tanh(), dense(D), nn.Gelu(), dense(C)), dense(C)),
+            nn.FanInSum(),
+        ),
+        (2,),
+        None,
+    ),
     "parallel_into_parallel": (  # a tuple whose elements differ reaches a parallel: x̄_i must go to input i
-        lambda: nn.serial(nn.FanOut(2), nn.parallel(dense(D), nn.serial(dense(D), nn.Tanh())),
-                          nn.parallel(nn.Sigmoid(), dense(D)), nn.FanInSum(), dense(C)), (2,), None),
+        lambda: nn.serial(
+            nn.FanOut(2),
+            nn.parallel(dense(D), nn.serial(dense(D), nn.Tanh())),
+            nn.parallel(nn.Sigmoid(), dense(D)),
+            nn.FanInSum(),
+            dense(C),
+        ),
+        (2,),
+        None,
+    ),
     "residual_layernorm": (lambda: nn.serial(dense(D), nn.residual(nn.serial(ln(), dense(D))), dense(C)), (2,), None),
-    "residual_rmsnorm": (lambda: nn.serial(dense(D), nn.residual(nn.serial(rms(), nn.Softplus(), dense(D))), dense(C)),
-                         (2,), None),
+    "residual_rmsnorm": (
+        lambda: nn.serial(dense(D), nn.residual(nn.serial(rms(), nn.Softplus(), dense(D))), dense(C)),
+        (2,),
+        None,
+    ),
     "nested_residuals": (
-        lambda: nn.serial(dense(D), nn.residual(nn.serial(dense(D), nn.residual(nn.serial(nn.Tanh(), dense(D))),
-                                                          nn.Sigmoid())), dense(C)), (2,), None),
+        lambda: nn.serial(
+            dense(D),
+            nn.residual(nn.serial(dense(D), nn.residual(nn.serial(nn.Tanh(), dense(D))), nn.Sigmoid())),
+            dense(C),
+        ),
+        (2,),
+        None,
+    ),
     "prenorm_mlp_block": (
         lambda: nn.serial(dense(D), nn.residual(nn.serial(ln(), dense(2 * D), nn.Gelu(), dense(D))), dense(C)),
-        (2,), None),
+        (2,),
+        None,
+    ),
     "embedding_flatten_dense": (lambda: nn.serial(nn.Embedding(V, 2, **P64), nn.Flatten(), dense(C)), (3,), "ids"),
     "prenorm_block_over_a_sequence": (  # Dense and LayerNorm per position of (T, d) examples
-        lambda: nn.serial(nn.Embedding(V, D, **P64), nn.residual(nn.serial(ln(), dense(2 * D), nn.Gelu(), dense(D))),
-                          nn.Flatten(), dense(C)), (3,), "ids"),
+        lambda: nn.serial(
+            nn.Embedding(V, D, **P64),
+            nn.residual(nn.serial(ln(), dense(2 * D), nn.Gelu(), dense(D))),
+            nn.Flatten(),
+            dense(C),
+        ),
+        (3,),
+        "ids",
+    ),
     "fanout_into_two_embeddings": (  # the ids' cotangents are None on both branches
-        lambda: nn.serial(nn.FanOut(2), nn.parallel(nn.Embedding(V, 2, **P64), nn.Embedding(V, 2, **P64)),
-                          nn.FanInSum(), nn.Flatten(), dense(C)), (3,), "ids"),
+        lambda: nn.serial(
+            nn.FanOut(2),
+            nn.parallel(nn.Embedding(V, 2, **P64), nn.Embedding(V, 2, **P64)),
+            nn.FanInSum(),
+            nn.Flatten(),
+            dense(C),
+        ),
+        (3,),
+        "ids",
+    ),
     "resmlp": (lambda: nn.resmlp(C, width=4, depth=2, **P64), (2,), None),
     "resnet": (lambda: nn.resnet(C, channels=(2, 3), hidden=4, **P64), (8, 8, 1), None),
 }
@@ -141,8 +190,15 @@ def test_traces_are_named_by_path_and_cotangents_add_at_residual_and_fanout():
     params, x, y = random_params(model, (2,)), normal(1, (B, 2)), normal(2, (B, D))
     _, _, traces = jax.jit(backprop.value_and_grad(model, fp.mse, return_intermediates=True))(params, x, y)
     assert [t.name for t in traces] == [
-        "0 Dense(3)", "1.0.0 LayerNorm", "1.0.1 Gelu", "1.0.2 Dense(3)", "2 FanOut(2)", "3.0 Identity",
-        "3.1.0 Dense(3)", "3.1.1 Tanh", "4 FanInSum",
+        "0 Dense(3)",
+        "1.0.0 LayerNorm",
+        "1.0.1 Gelu",
+        "1.0.2 Dense(3)",
+        "2 FanOut(2)",
+        "3.0 Identity",
+        "3.1.0 Dense(3)",
+        "3.1.1 Tanh",
+        "4 FanInSum",
     ]
     t = {tr.name.split(" ")[0]: tr for tr in traces}
     # forward: the residual's output is x + block(x), and FanOut copies it
@@ -163,8 +219,15 @@ def test_traces_are_named_by_path_and_cotangents_add_at_residual_and_fanout():
 
 def dropout_model(drop):
     """Dropout in a serial, inside a residual's block and in a parallel branch."""
-    return nn.serial(dense(4), drop(0.5), nn.residual(nn.serial(dense(4), drop(0.3), nn.Tanh())), nn.FanOut(2),
-                     nn.parallel(drop(0.2), dense(4)), nn.FanInSum(), dense(C))
+    return nn.serial(
+        dense(4),
+        drop(0.5),
+        nn.residual(nn.serial(dense(4), drop(0.3), nn.Tanh())),
+        nn.FanOut(2),
+        nn.parallel(drop(0.2), dense(4)),
+        nn.FanInSum(),
+        dense(C),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -176,8 +239,7 @@ def dropout_problem():
 @pytest.mark.parametrize("loss_name", sorted(LOSSES))
 def test_dropout_backprop_equals_autodiff_with_the_same_key(dropout_problem, loss_name):
     model, params, x, y = dropout_problem
-    assert_matches_references(model, LOSSES[loss_name], params, x, y[loss_name], key=jax.random.key(7),
-                              what="dropout")
+    assert_matches_references(model, LOSSES[loss_name], params, x, y[loss_name], key=jax.random.key(7), what="dropout")
 
 
 def test_dropout_without_a_key_is_the_identity_on_every_path(dropout_problem):
@@ -196,8 +258,11 @@ def test_other_keys_other_outputs_on_every_path(dropout_problem):
     model, params, x, y = dropout_problem
     y = y["mse"]
     k1, k2 = jax.random.key(1), jax.random.key(2)
-    for what, f in [("apply", model.apply), ("twin", nn.twin(model)),
-                    ("backprop", lambda p, x, key: backprop.value_and_grad(model, fp.mse)(p, x, y, key=key)[0])]:
+    for what, f in [
+        ("apply", model.apply),
+        ("twin", nn.twin(model)),
+        ("backprop", lambda p, x, key: backprop.value_and_grad(model, fp.mse)(p, x, y, key=key)[0]),
+    ]:
         a = f(params, x, key=k1)
         np.testing.assert_array_equal(a, f(params, x, key=k1), err_msg=f"{what}: one key, one output")
         assert not np.allclose(a, f(params, x, key=k2)), f"{what}: two keys gave one output"
@@ -239,12 +304,14 @@ WRAPPERS = {
 @pytest.mark.parametrize("wrap", list(WRAPPERS))
 def test_wrapped_layers_keep_working_in_backprop(wrap):
     w = WRAPPERS[wrap]
-    model = w(lambda: nn.serial(
-        w(functools.partial(nn.Dense, 4, **P64)),
-        w(nn.Tanh),
-        w(lambda: nn.residual(nn.serial(w(ln), w(lambda: dense(4))))),
-        w(lambda: dense(C)),
-    ))
+    model = w(
+        lambda: nn.serial(
+            w(functools.partial(nn.Dense, 4, **P64)),
+            w(nn.Tanh),
+            w(lambda: nn.residual(nn.serial(w(ln), w(lambda: dense(4))))),
+            w(lambda: dense(C)),
+        )
+    )
     assert model.node is not None and [c.name for c in model.children][:2] == ["Dense(4)", "Tanh"]
     out_shape = []  # init's output shape, found abstractly (nothing is drawn)
     jax.eval_shape(lambda k: out_shape.append(model.init(k, (2,))[0]), jax.random.key(0))
@@ -275,8 +342,12 @@ def test_a_hand_built_layer_works_with_jax_grad_and_is_refused_by_name():
         return fp.mse(fp.dense(2 * fp.dense(x, *p[0]), *p[2]), y)
 
     assert_close(model.apply(params, x), fp.dense(2 * fp.dense(x, *params[0]), *params[2]), F64, "apply")
-    assert_trees_close(jax.grad(lambda p: fp.mse(model.apply(p, x), y))(params), jax.grad(by_hand)(params), F64,
-                       "jax.grad through a hand-built layer")
+    assert_trees_close(
+        jax.grad(lambda p: fp.mse(model.apply(p, x), y))(params),
+        jax.grad(by_hand)(params),
+        F64,
+        "jax.grad through a hand-built layer",
+    )
     with pytest.raises(TypeError, match=r"backprop: layer double has no hand-written fwd/bwd"):
         backprop.value_and_grad(model, fp.mse)(params, x, y)
     with pytest.raises(TypeError, match=r"twin: layer double has no plain twin"):
@@ -303,23 +374,35 @@ def _bad_params_case(kind):
 
 STRUCTURE_ERRORS = {
     "parallel_given_an_array": (
-        lambda: (nn.serial(dense(D), nn.parallel(dense(C), dense(C))),
-                 (random_params(dense(D), (2,)), random_params(nn.parallel(dense(C), dense(C)), ((D,), (D,))))),
+        lambda: (
+            nn.serial(dense(D), nn.parallel(dense(C), dense(C))),
+            (random_params(dense(D), (2,)), random_params(nn.parallel(dense(C), dense(C)), ((D,), (D,)))),
+        ),
         r"serial layer 1 \(parallel\[2\]\): parallel\[2\]: input must be a tuple of 2 arrays \(put FanOut before "
-        r"it\), got an array of shape \(4, 3\)"),
+        r"it\), got an array of shape \(4, 3\)",
+    ),
     "fan_in_sum_of_different_shapes": (
-        lambda: (nn.serial(nn.FanOut(2), nn.parallel(dense(C), dense(1)), nn.FanInSum()),
-                 ((), (nn.DenseParams(jnp.ones((C, 2)), jnp.ones(C)), nn.DenseParams(jnp.ones((1, 2)), jnp.ones(1))),
-                  ())),
-        r"serial layer 2 \(FanInSum\): FanInSum: the inputs must share one shape, got \[\(4, 3\), \(4, 1\)\]"),
+        lambda: (
+            nn.serial(nn.FanOut(2), nn.parallel(dense(C), dense(1)), nn.FanInSum()),
+            ((), (nn.DenseParams(jnp.ones((C, 2)), jnp.ones(C)), nn.DenseParams(jnp.ones((1, 2)), jnp.ones(1))), ()),
+        ),
+        r"serial layer 2 \(FanInSum\): FanInSum: the inputs must share one shape, got \[\(4, 3\), \(4, 1\)\]",
+    ),
     "residual_block_changes_the_shape": (
-        lambda: (nn.serial(nn.residual(dense(1)), dense(C)),
-                 (nn.DenseParams(jnp.ones((1, 2)), jnp.ones(1)), nn.DenseParams(jnp.ones((C, 2)), jnp.ones(C)))),
-        r"serial layer 0 \(residual\(Dense\(1\)\)\): residual\(Dense\(1\)\): the block maps \(4, 2\) to \(4, 1\)"),
-    "serial_params_too_few": (lambda: _bad_params_case("too_few"),
-                              r"serial\[3\]: params must be a tuple of 3 layer params, got 2 entries"),
-    "serial_params_a_dict": (lambda: _bad_params_case("a_dict"),
-                             r"serial\[3\]: params must be a tuple of 3 layer params, got dict"),
+        lambda: (
+            nn.serial(nn.residual(dense(1)), dense(C)),
+            (nn.DenseParams(jnp.ones((1, 2)), jnp.ones(1)), nn.DenseParams(jnp.ones((C, 2)), jnp.ones(C))),
+        ),
+        r"serial layer 0 \(residual\(Dense\(1\)\)\): residual\(Dense\(1\)\): the block maps \(4, 2\) to \(4, 1\)",
+    ),
+    "serial_params_too_few": (
+        lambda: _bad_params_case("too_few"),
+        r"serial\[3\]: params must be a tuple of 3 layer params, got 2 entries",
+    ),
+    "serial_params_a_dict": (
+        lambda: _bad_params_case("a_dict"),
+        r"serial\[3\]: params must be a tuple of 3 layer params, got dict",
+    ),
 }
 
 
@@ -335,20 +418,40 @@ def test_a_bad_structure_names_the_combinator_on_every_path(case, path):
 @pytest.mark.parametrize(
     "model, input_shape, pattern",
     [
-        (nn.parallel(dense(C), dense(C)), (2,),
-         r"parallel\[2\]: input_shape must be a tuple of 2 shapes \(put FanOut before it\), got \(2,\)"),
-        (nn.serial(nn.FanOut(3), nn.parallel(dense(C), dense(C))), (2,),
-         r"serial layer 1 \(parallel\[2\]\): parallel\[2\]: input_shape must be a tuple of 2 shapes"),
-        (nn.serial(dense(D), nn.residual(dense(4))), (2,),
-         r"serial layer 1 \(residual\(Dense\(4\)\)\): residual\(Dense\(4\)\): the block maps \(3,\) to \(4,\); "
-         r"a residual block must keep the shape"),
-        (nn.residual(nn.serial(nn.FanOut(2), nn.parallel(dense(2), dense(1)), nn.FanInConcat())), (2,),
-         r"residual\(serial\[3\]\): the block maps \(2,\) to \(3,\)"),
-        (nn.serial(nn.FanOut(2), nn.parallel(dense(C), dense(4)), nn.FanInSum()), (2,),
-         r"serial layer 2 \(FanInSum\): FanInSum: the inputs must share one shape, got \[\(3,\), \(4,\)\]"),
+        (
+            nn.parallel(dense(C), dense(C)),
+            (2,),
+            r"parallel\[2\]: input_shape must be a tuple of 2 shapes \(put FanOut before it\), got \(2,\)",
+        ),
+        (
+            nn.serial(nn.FanOut(3), nn.parallel(dense(C), dense(C))),
+            (2,),
+            r"serial layer 1 \(parallel\[2\]\): parallel\[2\]: input_shape must be a tuple of 2 shapes",
+        ),
+        (
+            nn.serial(dense(D), nn.residual(dense(4))),
+            (2,),
+            r"serial layer 1 \(residual\(Dense\(4\)\)\): residual\(Dense\(4\)\): the block maps \(3,\) to \(4,\); "
+            r"a residual block must keep the shape",
+        ),
+        (
+            nn.residual(nn.serial(nn.FanOut(2), nn.parallel(dense(2), dense(1)), nn.FanInConcat())),
+            (2,),
+            r"residual\(serial\[3\]\): the block maps \(2,\) to \(3,\)",
+        ),
+        (
+            nn.serial(nn.FanOut(2), nn.parallel(dense(C), dense(4)), nn.FanInSum()),
+            (2,),
+            r"serial layer 2 \(FanInSum\): FanInSum: the inputs must share one shape, got \[\(3,\), \(4,\)\]",
+        ),
     ],
-    ids=["parallel_given_a_shape", "parallel_given_three", "residual_changes_shape", "residual_of_concat",
-         "fan_in_sum_of_different_shapes"],
+    ids=[
+        "parallel_given_a_shape",
+        "parallel_given_three",
+        "residual_changes_shape",
+        "residual_of_concat",
+        "fan_in_sum_of_different_shapes",
+    ],
 )
 def test_a_bad_structure_is_caught_at_init(model, input_shape, pattern):
     with pytest.raises(ValueError, match=pattern):  # abstractly: the checks run while init traces
@@ -365,6 +468,9 @@ def test_fan_in_sum_alone_names_itself():
 def test_params_of_a_leaf_may_be_a_plain_tuple():
     """apply and jax.grad take a tuple in place of DenseParams; so does backprop."""
     model, params, x, y = problem("residual")
-    as_tuples = jax.tree.map(lambda p: tuple(p) if isinstance(p, nn.DenseParams) else p, params,
-                             is_leaf=lambda p: isinstance(p, nn.DenseParams))
+    as_tuples = jax.tree.map(
+        lambda p: tuple(p) if isinstance(p, nn.DenseParams) else p,
+        params,
+        is_leaf=lambda p: isinstance(p, nn.DenseParams),
+    )
     assert_matches_references(model, fp.mse, as_tuples, x, y, what="tuple params")

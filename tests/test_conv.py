@@ -4,10 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import RTOL, assert_close
 
 import funcprop as fp
 from funcprop import backprop, nn
-from helpers import RTOL, assert_close
 
 F64 = RTOL[np.dtype("float64")]
 f32 = lambda *shape: jnp.ones(shape, jnp.float32)  # noqa: E731
@@ -46,43 +46,107 @@ def test_overlapping_max_windows_add_up_and_uncovered_rows_get_zero():
 
 
 BAD_INPUTS = [
-    ("conv/rank", lambda: fp.conv2d(f32(8, 8), f32(3, 3, 1, 2), f32(2)), ValueError,
-     r"conv2d: x must be NHWC \(N, H, W, C_in\) or one example \(H, W, C_in\), got shape \(8, 8\)"),
-    ("conv/channels", lambda: fp.conv2d(f32(2, 8, 8, 3), f32(3, 3, 1, 2), f32(2)), ValueError,
-     r"conv2d: x has 3 channels \(shape \(2, 8, 8, 3\)\) but kernel has shape \(3, 3, 1, 2\)"),
-    ("conv/kernel-rank", lambda: fp.conv2d(f32(2, 8, 8, 1), f32(3, 3, 2), f32(2)), ValueError,
-     r"conv2d: kernel must be HWIO"),
-    ("conv/bias", lambda: fp.conv2d(f32(2, 8, 8, 1), f32(3, 3, 1, 2), f32(3)), ValueError,
-     r"conv2d: bias has shape \(3,\) but kernel has shape \(3, 3, 1, 2\); bias must be \(2,\)"),
-    ("conv/too-big", lambda: fp.conv2d(f32(2, 4, 4, 1), f32(5, 3, 1, 2), f32(2)), ValueError,
-     r"conv2d: the kernel \(5, 3\) is larger than the padded input \(4, 4\)"),
-    ("conv/padding", lambda: fp.conv2d(f32(2, 4, 4, 1), f32(3, 3, 1, 2), f32(2), padding="FULL"), ValueError,
-     r"conv2d: padding must be 'VALID', 'SAME', an int, a pair of ints \(per axis\) or \(\(top, bottom\)"),
-    ("conv/negative-padding", lambda: fp.conv2d(f32(2, 4, 4, 1), f32(3, 3, 1, 2), f32(2), padding=-1), ValueError,
-     r"conv2d: padding must be .* of ints >= 0, got -1"),
-    ("conv/dilation", lambda: fp.conv2d(f32(2, 4, 4, 1), f32(3, 3, 1, 2), f32(2), dilation=(1, 0)), ValueError,
-     r"conv2d: dilation must be a positive int or a pair of them, got \(1, 0\)"),
-    ("conv/dilated-too-big", lambda: fp.conv2d(f32(2, 4, 4, 1), f32(3, 3, 1, 2), f32(2), dilation=2), ValueError,
-     r"conv2d: the dilated kernel \(5, 5\) is larger than the padded input \(4, 4\)"),
+    (
+        "conv/rank",
+        lambda: fp.conv2d(f32(8, 8), f32(3, 3, 1, 2), f32(2)),
+        ValueError,
+        r"conv2d: x must be NHWC \(N, H, W, C_in\) or one example \(H, W, C_in\), got shape \(8, 8\)",
+    ),
+    (
+        "conv/channels",
+        lambda: fp.conv2d(f32(2, 8, 8, 3), f32(3, 3, 1, 2), f32(2)),
+        ValueError,
+        r"conv2d: x has 3 channels \(shape \(2, 8, 8, 3\)\) but kernel has shape \(3, 3, 1, 2\)",
+    ),
+    (
+        "conv/kernel-rank",
+        lambda: fp.conv2d(f32(2, 8, 8, 1), f32(3, 3, 2), f32(2)),
+        ValueError,
+        r"conv2d: kernel must be HWIO",
+    ),
+    (
+        "conv/bias",
+        lambda: fp.conv2d(f32(2, 8, 8, 1), f32(3, 3, 1, 2), f32(3)),
+        ValueError,
+        r"conv2d: bias has shape \(3,\) but kernel has shape \(3, 3, 1, 2\); bias must be \(2,\)",
+    ),
+    (
+        "conv/too-big",
+        lambda: fp.conv2d(f32(2, 4, 4, 1), f32(5, 3, 1, 2), f32(2)),
+        ValueError,
+        r"conv2d: the kernel \(5, 3\) is larger than the padded input \(4, 4\)",
+    ),
+    (
+        "conv/padding",
+        lambda: fp.conv2d(f32(2, 4, 4, 1), f32(3, 3, 1, 2), f32(2), padding="FULL"),
+        ValueError,
+        r"conv2d: padding must be 'VALID', 'SAME', an int, a pair of ints \(per axis\) or \(\(top, bottom\)",
+    ),
+    (
+        "conv/negative-padding",
+        lambda: fp.conv2d(f32(2, 4, 4, 1), f32(3, 3, 1, 2), f32(2), padding=-1),
+        ValueError,
+        r"conv2d: padding must be .* of ints >= 0, got -1",
+    ),
+    (
+        "conv/dilation",
+        lambda: fp.conv2d(f32(2, 4, 4, 1), f32(3, 3, 1, 2), f32(2), dilation=(1, 0)),
+        ValueError,
+        r"conv2d: dilation must be a positive int or a pair of them, got \(1, 0\)",
+    ),
+    (
+        "conv/dilated-too-big",
+        lambda: fp.conv2d(f32(2, 4, 4, 1), f32(3, 3, 1, 2), f32(2), dilation=2),
+        ValueError,
+        r"conv2d: the dilated kernel \(5, 5\) is larger than the padded input \(4, 4\)",
+    ),
     ("Conv2D/padding", lambda: nn.Conv2D(4, 3, padding="FULL"), ValueError, r"Conv2D: padding must be 'VALID'"),
-    ("pool/padding", lambda: fp.max_pool2d(f32(2, 6, 6, 1), 2, padding=2), ValueError,
-     r"max_pool2d: padding \(\(2, 2\), \(2, 2\)\) must be smaller than the window \(2, 2\) on every side"),
-    ("pool/count", lambda: fp.avg_pool2d(f32(2, 6, 6, 1), 2, count_include_pad=1), TypeError,
-     r"avg_pool2d: count_include_pad must be True or False, got 1"),
+    (
+        "pool/padding",
+        lambda: fp.max_pool2d(f32(2, 6, 6, 1), 2, padding=2),
+        ValueError,
+        r"max_pool2d: padding \(\(2, 2\), \(2, 2\)\) must be smaller than the window \(2, 2\) on every side",
+    ),
+    (
+        "pool/count",
+        lambda: fp.avg_pool2d(f32(2, 6, 6, 1), 2, count_include_pad=1),
+        TypeError,
+        r"avg_pool2d: count_include_pad must be True or False, got 1",
+    ),
     ("AvgPool2D/padding", lambda: nn.AvgPool2D(2, padding="FULL"), ValueError, r"AvgPool2D: padding must be"),
-    ("conv/stride", lambda: fp.conv2d(f32(2, 4, 4, 1), f32(3, 3, 1, 2), f32(2), stride=0), ValueError,
-     r"conv2d: stride must be a positive int or a pair of them, got 0"),
-    ("conv/int", lambda: fp.conv2d(jnp.ones((1, 4, 4, 1), jnp.int32), f32(3, 3, 1, 2), f32(2)), TypeError,
-     r"conv2d: x must be a floating-point array"),
-    ("pool/too-big", lambda: fp.max_pool2d(f32(2, 3, 8, 1), (4, 2)), ValueError,
-     r"max_pool2d: the window \(4, 2\) is larger than the padded input \(3, 8\)"),
+    (
+        "conv/stride",
+        lambda: fp.conv2d(f32(2, 4, 4, 1), f32(3, 3, 1, 2), f32(2), stride=0),
+        ValueError,
+        r"conv2d: stride must be a positive int or a pair of them, got 0",
+    ),
+    (
+        "conv/int",
+        lambda: fp.conv2d(jnp.ones((1, 4, 4, 1), jnp.int32), f32(3, 3, 1, 2), f32(2)),
+        TypeError,
+        r"conv2d: x must be a floating-point array",
+    ),
+    (
+        "pool/too-big",
+        lambda: fp.max_pool2d(f32(2, 3, 8, 1), (4, 2)),
+        ValueError,
+        r"max_pool2d: the window \(4, 2\) is larger than the padded input \(3, 8\)",
+    ),
     ("pool/rank", lambda: fp.avg_pool2d(f32(8, 8), 2), ValueError, r"avg_pool2d: x must be NHWC"),
     # a kernel without taps: XLA's verifier failed inside jit ("expects window to have
     # positive value") instead of a message naming conv2d
-    ("conv/no-taps", lambda: fp.conv2d(f32(2, 7, 5, 2), f32(0, 3, 2, 4), f32(4)), ValueError,
-     r"conv2d: kernel must be HWIO \(kh, kw, C_in, C_out\) with kh, kw >= 1, got shape \(0, 3, 2, 4\)"),
-    ("pool/bool-window", lambda: fp.max_pool2d(f32(2, 4, 4, 1), True), ValueError,
-     r"max_pool2d: window must be a positive int or a pair of them, got True"),
+    (
+        "conv/no-taps",
+        lambda: fp.conv2d(f32(2, 7, 5, 2), f32(0, 3, 2, 4), f32(4)),
+        ValueError,
+        r"conv2d: kernel must be HWIO \(kh, kw, C_in, C_out\) with kh, kw >= 1, got shape \(0, 3, 2, 4\)",
+    ),
+    (
+        "pool/bool-window",
+        lambda: fp.max_pool2d(f32(2, 4, 4, 1), True),
+        ValueError,
+        r"max_pool2d: window must be a positive int or a pair of them, got True",
+    ),
 ]
 
 
@@ -94,9 +158,14 @@ def test_bad_input_raises_a_clear_error(call, exception, pattern):
 
 def _small_cnn(dtype=jnp.float64):
     return nn.serial(
-        nn.Conv2D(3, (3, 2), stride=(2, 1), padding="SAME", param_dtype=dtype), nn.Tanh(),
-        nn.Conv2D(4, 3, padding=((1, 0), (0, 1)), param_dtype=dtype), nn.Relu(),
-        nn.MaxPool2D(2), nn.AvgPool2D((1, 2), stride=1), nn.Flatten(), nn.Dense(5, param_dtype=dtype),
+        nn.Conv2D(3, (3, 2), stride=(2, 1), padding="SAME", param_dtype=dtype),
+        nn.Tanh(),
+        nn.Conv2D(4, 3, padding=((1, 0), (0, 1)), param_dtype=dtype),
+        nn.Relu(),
+        nn.MaxPool2D(2),
+        nn.AvgPool2D((1, 2), stride=1),
+        nn.Flatten(),
+        nn.Dense(5, param_dtype=dtype),
     )
 
 
@@ -125,9 +194,15 @@ def test_cnn_backprop_equals_autodiff_through_rules_and_twins():
 
 
 def test_conv_layer_errors_name_the_layer():
-    with pytest.raises(ValueError, match=r"serial layer 0 \(Conv2D\(4, 3x3, stride 1x1, VALID\)\): Conv2D.*input_shape must be one example \(H, W, C_in\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"serial layer 0 \(Conv2D\(4, 3x3, stride 1x1, VALID\)\): Conv2D.*input_shape must be one example \(H, W, C_in\)",
+    ):
         nn.serial(nn.Conv2D(4, 3), nn.Flatten()).init(jax.random.key(0), (64,))
-    with pytest.raises(ValueError, match=r"serial layer 2 \(MaxPool2D\(3x3, stride 3x3\)\): .*max_pool2d: the window \(3, 3\) is larger"):
+    with pytest.raises(
+        ValueError,
+        match=r"serial layer 2 \(MaxPool2D\(3x3, stride 3x3\)\): .*max_pool2d: the window \(3, 3\) is larger",
+    ):
         nn.serial(nn.Conv2D(4, 3), nn.Relu(), nn.MaxPool2D(3)).init(jax.random.key(0), (4, 4, 1))
 
 
@@ -135,18 +210,24 @@ def test_conv_layer_errors_name_the_layer():
 
 
 def test_conv_padding_forms_equal_their_explicit_pairs():
-    x, k, b = (jax.random.normal(jax.random.key(i), s, jnp.float64)
-               for i, s in enumerate([(2, 6, 5, 2), (3, 3, 2, 4), (4,)]))
+    x, k, b = (
+        jax.random.normal(jax.random.key(i), s, jnp.float64) for i, s in enumerate([(2, 6, 5, 2), (3, 3, 2, 4), (4,)])
+    )
     assert_close(fp.conv2d(x, k, b, padding=1), fp.conv2d(x, k, b, padding=((1, 1), (1, 1))), F64, "int")
     assert_close(fp.conv2d(x, k, b, padding=(2, 1)), fp.conv2d(x, k, b, padding=((2, 2), (1, 1))), F64, "pair")
 
 
 def test_dilated_conv_equals_a_conv_with_zeros_between_the_taps():
-    x, k, b = (jax.random.normal(jax.random.key(i), s, jnp.float64)
-               for i, s in enumerate([(2, 9, 8, 2), (3, 2, 2, 3), (3,)]))
+    x, k, b = (
+        jax.random.normal(jax.random.key(i), s, jnp.float64) for i, s in enumerate([(2, 9, 8, 2), (3, 2, 2, 3), (3,)])
+    )
     spread = jnp.zeros((5, 3, 2, 3), jnp.float64).at[::2, ::2].set(k)  # dilation (2, 2)
-    assert_close(fp.conv2d(x, k, b, dilation=2, stride=2, padding="SAME"),
-                 fp.conv2d(x, spread, b, stride=2, padding="SAME"), F64, "forward")
+    assert_close(
+        fp.conv2d(x, k, b, dilation=2, stride=2, padding="SAME"),
+        fp.conv2d(x, spread, b, stride=2, padding="SAME"),
+        F64,
+        "forward",
+    )
     g_dil = jax.grad(lambda x, k: jnp.sum(fp.conv2d(x, k, b, dilation=2) ** 2), argnums=(0, 1))(x, k)
     g_spread = jax.grad(lambda x, s: jnp.sum(fp.conv2d(x, s, b) ** 2), argnums=(0, 1))(x, spread)
     assert_close(g_dil[0], g_spread[0], F64, "x̄")
@@ -161,8 +242,9 @@ def test_pool_padding_matches_lax_own_padding_and_counts():
     sums = jax.lax.reduce_window(x, 0.0, jax.lax.add, dims, strides, "SAME")
     counts = jax.lax.reduce_window(jnp.ones_like(x), 0.0, jax.lax.add, dims, strides, "SAME")
     assert_close(fp.avg_pool2d(x, 3, 2, padding="SAME"), sums / 9, F64, "avg, pad counted")
-    assert_close(fp.avg_pool2d(x, 3, 2, padding="SAME", count_include_pad=False), sums / counts, F64,
-                 "avg, pad not counted")
+    assert_close(
+        fp.avg_pool2d(x, 3, 2, padding="SAME", count_include_pad=False), sums / counts, F64, "avg, pad not counted"
+    )
     # the backward of the exclude-pad mean: each input gets Σ over its windows of ḡ / count
     g = jax.grad(lambda x: jnp.sum(fp.avg_pool2d(x, 3, 2, padding="SAME", count_include_pad=False)))(x)
     want_g = jax.grad(lambda x: jnp.sum(jax.lax.reduce_window(x, 0.0, jax.lax.add, dims, strides, "SAME") / counts))(x)

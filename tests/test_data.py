@@ -56,31 +56,105 @@ def test_toy_classes_are_separable_by_their_curves():
 
 KEY = jax.random.key(0)
 BAD_ARGUMENTS = [
-    ("int-key", lambda: data.toy(0), TypeError, r"toy: key must be a JAX PRNG key.*, got 0; pass jax\.random\.key\(0\)"),
-    ("none-key", lambda: data.toy(None), TypeError, r"toy: key must be a JAX PRNG key \(one, not a batch\), got None; pass jax\.random\.key\(0\)"),
-    ("keys", lambda: data.toy(jax.random.split(KEY, 2)), TypeError, r"toy: key must be a JAX PRNG key \(one, not a batch\), got an array of key<fry>\(2,\)"),
+    (
+        "int-key",
+        lambda: data.toy(0),
+        TypeError,
+        r"toy: key must be a JAX PRNG key.*, got 0; pass jax\.random\.key\(0\)",
+    ),
+    (
+        "none-key",
+        lambda: data.toy(None),
+        TypeError,
+        r"toy: key must be a JAX PRNG key \(one, not a batch\), got None; pass jax\.random\.key\(0\)",
+    ),
+    (
+        "keys",
+        lambda: data.toy(jax.random.split(KEY, 2)),
+        TypeError,
+        r"toy: key must be a JAX PRNG key \(one, not a batch\), got an array of key<fry>\(2,\)",
+    ),
     ("kind", lambda: data.toy(KEY, kind="circles"), ValueError, r"toy: unknown kind 'circles'"),
     ("n", lambda: data.toy(KEY, n=1), ValueError, r"toy: n must be an int >= 2"),
-    ("n-float", lambda: data.toy(KEY, n=100.0), ValueError, r"toy: n must be an int >= 2 \(one point per class\), got 100\.0"),
-    ("noise", lambda: data.toy(KEY, noise=-1.0), ValueError, r"toy: noise must be a finite number >= 0, got -1\.0; e\.g\. 0\.1"),
-    ("noise-nan", lambda: data.toy(KEY, noise=float("nan")), ValueError, r"toy: noise must be a finite number >= 0, got nan"),
+    (
+        "n-float",
+        lambda: data.toy(KEY, n=100.0),
+        ValueError,
+        r"toy: n must be an int >= 2 \(one point per class\), got 100\.0",
+    ),
+    (
+        "noise",
+        lambda: data.toy(KEY, noise=-1.0),
+        ValueError,
+        r"toy: noise must be a finite number >= 0, got -1\.0; e\.g\. 0\.1",
+    ),
+    (
+        "noise-nan",
+        lambda: data.toy(KEY, noise=float("nan")),
+        ValueError,
+        r"toy: noise must be a finite number >= 0, got nan",
+    ),
     ("noise-inf", lambda: data.toy(KEY, noise=np.inf), ValueError, r"toy: noise must be a finite number >= 0, got inf"),
-    ("noise-str", lambda: data.toy(KEY, noise="0.1"), ValueError, r"toy: noise must be a finite number >= 0, got '0\.1'"),
+    (
+        "noise-str",
+        lambda: data.toy(KEY, noise="0.1"),
+        ValueError,
+        r"toy: noise must be a finite number >= 0, got '0\.1'",
+    ),
     ("noise-none", lambda: data.toy(KEY, noise=None), ValueError, r"toy: noise must be a finite number >= 0, got None"),
     ("fraction", lambda: data.toy(KEY, test_fraction=1.0), ValueError, r"toy: test_fraction must be in \(0, 1\)"),
-    ("fraction-str", lambda: data.toy(KEY, test_fraction="0.25"), TypeError, r"toy: test_fraction must be a float, got '0\.25'"),
-    ("empty-test", lambda: data.toy(KEY, n=2, test_fraction=0.1), ValueError, r"toy: test_fraction=0.1 leaves the test set empty \(2 examples\)"),
-    ("digits-empty-test", lambda: data.digits(test_fraction=0.001), ValueError, r"digits: test_fraction=0.001 leaves the test set empty"),
-    ("digits-seed", lambda: data.digits(seed=-1), ValueError, r"digits: seed must be an int in \[0, 2\*\*32\), got -1; e\.g\. seed=0"),
-    ("digits-seed-str", lambda: data.digits(seed="0"), ValueError, r"digits: seed must be an int in \[0, 2\*\*32\), got '0'"),
-    ("digits-seed-none", lambda: data.digits(seed=None), ValueError, r"digits: seed must be an int in \[0, 2\*\*32\), got None"),
-    ("load-seed-float", lambda: data.load("toy", seed=1.5), ValueError, r"load: seed must be an int in \[0, 2\*\*32\), got 1\.5"),
-    ("load-seed-big", lambda: data.load("toy", seed=2**64), ValueError, r"load: seed must be an int in \[0, 2\*\*32\), got 18446744073709551616"),
+    (
+        "fraction-str",
+        lambda: data.toy(KEY, test_fraction="0.25"),
+        TypeError,
+        r"toy: test_fraction must be a float, got '0\.25'",
+    ),
+    (
+        "empty-test",
+        lambda: data.toy(KEY, n=2, test_fraction=0.1),
+        ValueError,
+        r"toy: test_fraction=0.1 leaves the test set empty \(2 examples\)",
+    ),
+    (
+        "digits-empty-test",
+        lambda: data.digits(test_fraction=0.001),
+        ValueError,
+        r"digits: test_fraction=0.001 leaves the test set empty",
+    ),
+    (
+        "digits-seed",
+        lambda: data.digits(seed=-1),
+        ValueError,
+        r"digits: seed must be an int in \[0, 2\*\*32\), got -1; e\.g\. seed=0",
+    ),
+    (
+        "digits-seed-str",
+        lambda: data.digits(seed="0"),
+        ValueError,
+        r"digits: seed must be an int in \[0, 2\*\*32\), got '0'",
+    ),
+    (
+        "digits-seed-none",
+        lambda: data.digits(seed=None),
+        ValueError,
+        r"digits: seed must be an int in \[0, 2\*\*32\), got None",
+    ),
+    (
+        "load-seed-float",
+        lambda: data.load("toy", seed=1.5),
+        ValueError,
+        r"load: seed must be an int in \[0, 2\*\*32\), got 1\.5",
+    ),
+    (
+        "load-seed-big",
+        lambda: data.load("toy", seed=2**64),
+        ValueError,
+        r"load: seed must be an int in \[0, 2\*\*32\), got 18446744073709551616",
+    ),
 ]
 
 
-@pytest.mark.parametrize("call, exception, pattern", [t[1:] for t in BAD_ARGUMENTS],
-                         ids=[t[0] for t in BAD_ARGUMENTS])
+@pytest.mark.parametrize("call, exception, pattern", [t[1:] for t in BAD_ARGUMENTS], ids=[t[0] for t in BAD_ARGUMENTS])
 def test_toy_and_digits_bad_arguments(call, exception, pattern):
     with pytest.raises(exception, match=pattern):
         call()
@@ -114,7 +188,8 @@ def test_digits_shapes_range_and_stratification():
 
     full_x, full_y = load_digits(return_X_y=True)
     assert rows((full_x / 16).astype(np.float32), full_y) == rows(
-        np.concatenate([ds.x_train, ds.x_test]), np.concatenate([ds.y_train, ds.y_test]))
+        np.concatenate([ds.x_train, ds.x_test]), np.concatenate([ds.y_train, ds.y_test])
+    )
 
 
 def test_digits_is_deterministic_per_seed_and_image_layout():
@@ -160,15 +235,19 @@ def _good_idx() -> bytes:
     return bytes([0, 0, 0x08, 2, 0, 0, 0, 2, 0, 0, 0, 3]) + bytes(range(6))
 
 
-@pytest.mark.parametrize("content, pattern", [
-    (b"", r"is not an IDX file"),
-    (b"\x01\x00\x08\x01", r"is not an IDX file: it must start with two zero bytes"),
-    (bytes([0, 0, 0x0A, 1, 0, 0, 0, 1, 7]), r"unknown dtype code 0x0A"),
-    (bytes([0, 0, 0x08, 3, 0, 0, 0, 2]), r"is truncated: its header declares 3 dimensions"),
-    (_good_idx()[:-1], r"is truncated: shape \(2, 3\) of uint8 needs 6 data bytes but the file has 5"),
-    (_good_idx() + b"\x00", r"is longer than its header says"),
-    (gzip.compress(_good_idx())[:-6], r"is a damaged gzip file"),
-], ids=["empty", "magic", "dtype-code", "header", "data", "extra", "gzip"])
+@pytest.mark.parametrize(
+    "content, pattern",
+    [
+        (b"", r"is not an IDX file"),
+        (b"\x01\x00\x08\x01", r"is not an IDX file: it must start with two zero bytes"),
+        (bytes([0, 0, 0x0A, 1, 0, 0, 0, 1, 7]), r"unknown dtype code 0x0A"),
+        (bytes([0, 0, 0x08, 3, 0, 0, 0, 2]), r"is truncated: its header declares 3 dimensions"),
+        (_good_idx()[:-1], r"is truncated: shape \(2, 3\) of uint8 needs 6 data bytes but the file has 5"),
+        (_good_idx() + b"\x00", r"is longer than its header says"),
+        (gzip.compress(_good_idx())[:-6], r"is a damaged gzip file"),
+    ],
+    ids=["empty", "magic", "dtype-code", "header", "data", "extra", "gzip"],
+)
 def test_idx_malformed_files_raise_value_error_naming_the_file(tmp_path, content, pattern):
     path = tmp_path / "bad-idx"
     path.write_bytes(content)
@@ -180,9 +259,12 @@ def test_idx_malformed_files_raise_value_error_naming_the_file(tmp_path, content
 def test_idx_whose_header_overflows_int64_is_truncated_not_miscounted(tmp_path):
     path = tmp_path / "huge"
     path.write_bytes(bytes([0, 0, 0x08, 3]) + np.full(3, 2**31 - 1, ">i4").tobytes())
-    with pytest.raises(ValueError, match=rf"read_idx: '.*huge' is truncated: shape \(2147483647, "
-                       rf"2147483647, 2147483647\) of uint8 needs {(2**31 - 1) ** 3} data bytes "
-                       r"but the file has 0"):
+    with pytest.raises(
+        ValueError,
+        match=rf"read_idx: '.*huge' is truncated: shape \(2147483647, "
+        rf"2147483647, 2147483647\) of uint8 needs {(2**31 - 1) ** 3} data bytes "
+        r"but the file has 0",
+    ):
         data.read_idx(path)
 
 
@@ -196,8 +278,11 @@ def test_a_gzip_bomb_is_refused_without_inflating_it(tmp_path):
     assert path.stat().st_size < 100_000
     tracemalloc.start()
     try:
-        with pytest.raises(ValueError, match=r"read_idx: '.*bomb\.gz' is longer than its header "
-                           r"says: shape \(10,\) of uint8 needs 10 data bytes but the file has more"):
+        with pytest.raises(
+            ValueError,
+            match=r"read_idx: '.*bomb\.gz' is longer than its header "
+            r"says: shape \(10,\) of uint8 needs 10 data bytes but the file has more",
+        ):
             data.read_idx(path)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -205,11 +290,21 @@ def test_a_gzip_bomb_is_refused_without_inflating_it(tmp_path):
     assert peak < 5 << 20  # the 50 MB were never inflated
 
 
-@pytest.mark.parametrize("content, pattern", [
-    (gzip.compress(_good_idx()[:-1]), r"is truncated: shape \(2, 3\) of uint8 needs 6 data bytes but the file has 5"),
-    (gzip.compress(_good_idx() + b"\x00"), r"is longer than its header says: .* but the file has more"),
-    (gzip.compress(bytes([0, 0, 0x08, 3, 0, 0, 0, 2])), r"is truncated: its header declares 3 dimensions \(16 header bytes\) but the file has 8 bytes"),
-], ids=["data", "extra", "header"])
+@pytest.mark.parametrize(
+    "content, pattern",
+    [
+        (
+            gzip.compress(_good_idx()[:-1]),
+            r"is truncated: shape \(2, 3\) of uint8 needs 6 data bytes but the file has 5",
+        ),
+        (gzip.compress(_good_idx() + b"\x00"), r"is longer than its header says: .* but the file has more"),
+        (
+            gzip.compress(bytes([0, 0, 0x08, 3, 0, 0, 0, 2])),
+            r"is truncated: its header declares 3 dimensions \(16 header bytes\) but the file has 8 bytes",
+        ),
+    ],
+    ids=["data", "extra", "header"],
+)
 def test_gzipped_idx_of_the_wrong_length(tmp_path, content, pattern):
     path = tmp_path / "bad.gz"
     path.write_bytes(content)
@@ -218,14 +313,23 @@ def test_gzipped_idx_of_the_wrong_length(tmp_path, content, pattern):
 
 
 def test_idx_paths_that_are_no_files_are_named(tmp_path, monkeypatch):
-    with pytest.raises(IsADirectoryError, match=r"^read_idx: '.*' is a directory; pass one IDX file "
-                       r"in it, such as '.*train-images-idx3-ubyte'$"):
+    with pytest.raises(
+        IsADirectoryError,
+        match=r"^read_idx: '.*' is a directory; pass one IDX file "
+        r"in it, such as '.*train-images-idx3-ubyte'$",
+    ):
         data.read_idx(tmp_path)
-    with pytest.raises(IsADirectoryError, match=r"^write_idx: '.*' is a directory, not an IDX file; "
-                       r"pass a file path such as '.*images.idx'$"):
+    with pytest.raises(
+        IsADirectoryError,
+        match=r"^write_idx: '.*' is a directory, not an IDX file; "
+        r"pass a file path such as '.*images.idx'$",
+    ):
         data.write_idx(tmp_path, np.zeros(3, np.uint8))
-    with pytest.raises(FileNotFoundError, match=r"^write_idx: the directory '.*no-folder' of '.*no-folder.x' "
-                       r"does not exist; create it first$"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"^write_idx: the directory '.*no-folder' of '.*no-folder.x' "
+        r"does not exist; create it first$",
+    ):
         data.write_idx(tmp_path / "no-folder" / "x", np.zeros(3, np.uint8))
     path = tmp_path / "locked"
     data.write_idx(path, np.zeros(3, np.uint8))
@@ -239,8 +343,11 @@ def test_idx_paths_that_are_no_files_are_named(tmp_path, monkeypatch):
             return real(self, *args, **kwargs)
 
         monkeypatch.setattr(pathlib.Path, "open", open_as_user)
-    with pytest.raises(PermissionError, match=r"^read_idx: cannot read '.*locked': permission "
-                       r"denied; make it readable \(chmod u\+r\) or copy it$"):
+    with pytest.raises(
+        PermissionError,
+        match=r"^read_idx: cannot read '.*locked': permission "
+        r"denied; make it readable \(chmod u\+r\) or copy it$",
+    ):
         data.read_idx(path)
 
 
@@ -253,24 +360,24 @@ def test_idx_missing_file_and_unsupported_dtype(tmp_path):
 
 # --- MNIST -----------------------------------------------------------------------
 
-MNIST_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+MNIST_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 def _write_mnist(directory, n_train=20, n_test=10, suffix="", dotted=False, rng_seed=0):
     rng = np.random.default_rng(rng_seed)
-    arrays = (rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
-              rng.integers(0, 10, n_train, dtype=np.uint8),
-              rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
-              rng.integers(0, 10, n_test, dtype=np.uint8))
+    arrays = (
+        rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        rng.integers(0, 10, n_train, dtype=np.uint8),
+        rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        rng.integers(0, 10, n_test, dtype=np.uint8),
+    )
     for name, array in zip(MNIST_NAMES, arrays):
         name = name.replace("-idx", ".idx") if dotted else name
         data.write_idx(directory / (name + suffix), array)
     return arrays
 
 
-@pytest.mark.parametrize("suffix, dotted", [("", False), (".gz", False), ("", True)],
-                         ids=["raw", "gz", "dotted"])
+@pytest.mark.parametrize("suffix, dotted", [("", False), (".gz", False), ("", True)], ids=["raw", "gz", "dotted"])
 def test_mnist_from_a_directory(tmp_path, suffix, dotted):
     images, labels, t_images, t_labels = _write_mnist(tmp_path, suffix=suffix, dotted=dotted)
     ds = data.mnist(tmp_path)
@@ -289,9 +396,12 @@ def test_mnist_from_a_directory(tmp_path, suffix, dotted):
 def test_mnist_missing_file_lists_what_was_looked_for(tmp_path):
     _write_mnist(tmp_path)
     (tmp_path / "t10k-labels-idx1-ubyte").unlink()
-    with pytest.raises(FileNotFoundError, match=r"mnist: no test labels file in '.*'; looked for "
-                       r"t10k-labels-idx1-ubyte, t10k-labels-idx1-ubyte\.gz, "
-                       r"t10k-labels\.idx1-ubyte, t10k-labels\.idx1-ubyte\.gz"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"mnist: no test labels file in '.*'; looked for "
+        r"t10k-labels-idx1-ubyte, t10k-labels-idx1-ubyte\.gz, "
+        r"t10k-labels\.idx1-ubyte, t10k-labels\.idx1-ubyte\.gz",
+    ):
         data.mnist(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"mnist: '.*nowhere' is not a directory"):
         data.mnist(tmp_path / "nowhere")
@@ -312,9 +422,12 @@ def test_mnist_without_images_names_the_file(tmp_path, split):
     _write_mnist(tmp_path)
     data.write_idx(tmp_path / f"{split}-images-idx3-ubyte", np.zeros((0, 28, 28), np.uint8))
     data.write_idx(tmp_path / f"{split}-labels-idx1-ubyte", np.zeros(0, np.uint8))
-    with pytest.raises(ValueError, match=rf"^mnist: '.*{split}-images-idx3-ubyte' has no images "
-                       r"\(shape \(0, 28, 28\)\); each split needs at least one image of at "
-                       r"least one pixel; write or download it again$"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^mnist: '.*{split}-images-idx3-ubyte' has no images "
+        r"\(shape \(0, 28, 28\)\); each split needs at least one image of at "
+        r"least one pixel; write or download it again$",
+    ):
         data.mnist(tmp_path)
 
 
@@ -323,20 +436,23 @@ def test_mnist_without_images_names_the_file(tmp_path, split):
 
 def test_load_dispatches_by_name(tmp_path):
     assert data.load("toy", seed=1).name == "toy-moons"
-    np.testing.assert_array_equal(data.load("toy", seed=1).x_train,
-                                  data.toy(jax.random.key(1)).x_train)
+    np.testing.assert_array_equal(data.load("toy", seed=1).x_train, data.toy(jax.random.key(1)).x_train)
     assert data.load("digits", image=True).example_shape == (8, 8, 1)
     _write_mnist(tmp_path)
     assert data.load("mnist", path=tmp_path).x_train.shape == (20, 784)
     assert data.DATASETS == ("toy", "digits", "mnist")
 
 
-@pytest.mark.parametrize("kwargs, pattern", [
-    (dict(name="cifar"), r"load: unknown dataset 'cifar'; choose one of \('toy', 'digits', 'mnist'\)"),
-    (dict(name="mnist"), r"load: 'mnist' needs path"),
-    (dict(name="digits", path="somewhere"), r"load: path is only used by 'mnist'"),
-    (dict(name="toy", image=True), r"load: 'toy' has 2 features and no image form"),
-], ids=["unknown", "mnist-no-path", "path-for-digits", "toy-image"])
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        (dict(name="cifar"), r"load: unknown dataset 'cifar'; choose one of \('toy', 'digits', 'mnist'\)"),
+        (dict(name="mnist"), r"load: 'mnist' needs path"),
+        (dict(name="digits", path="somewhere"), r"load: path is only used by 'mnist'"),
+        (dict(name="toy", image=True), r"load: 'toy' has 2 features and no image form"),
+    ],
+    ids=["unknown", "mnist-no-path", "path-for-digits", "toy-image"],
+)
 def test_load_bad_arguments(kwargs, pattern):
     name = kwargs.pop("name")
     with pytest.raises(ValueError, match=pattern):

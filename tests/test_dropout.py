@@ -5,9 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import RTOL, assert_close
 
 import funcprop
-from helpers import RTOL, assert_close
 
 RATES = pytest.mark.parametrize("rate", [0.1, 0.5, 0.9])
 
@@ -45,8 +45,10 @@ def test_same_key_same_mask_other_key_other_mask():
 
 
 def test_one_key_one_mask_for_every_dtype():
-    masks = [funcprop.dropout(_x(dtype=dt), 0.3, key=jax.random.key(4)) != 0
-             for dt in (jnp.bfloat16, jnp.float32, jnp.float64)]
+    masks = [
+        funcprop.dropout(_x(dtype=dt), 0.3, key=jax.random.key(4)) != 0
+        for dt in (jnp.bfloat16, jnp.float32, jnp.float64)
+    ]
     for m in masks[1:]:
         np.testing.assert_array_equal(m, masks[0])
 
@@ -109,16 +111,35 @@ def test_vmap_with_a_key_per_example_gives_independent_masks():
         ({"rate": jnp.float32(0.5)}, TypeError, r"dropout: rate must be a static Python float"),
         ({"rate": True}, TypeError, r"dropout: rate must be a static Python float"),
         ({"rate": 0.5, "key": None}, TypeError, r"dropout: a key is required, got key=None; pass key=jax.random.key"),
-        ({"rate": 0.5, "key": jnp.zeros(2, jnp.int32)}, TypeError,
-         r"dropout: key must be a PRNG key, got an array of dtype int32"),
+        (
+            {"rate": 0.5, "key": jnp.zeros(2, jnp.int32)},
+            TypeError,
+            r"dropout: key must be a PRNG key, got an array of dtype int32",
+        ),
         ({"rate": 0.5, "key": "seed"}, TypeError, r"dropout: key must be a PRNG key, got a str"),
-        ({"rate": 0.5, "key": jnp.zeros(3, jnp.uint32)}, TypeError,
-         r"dropout: key is a uint32 array of shape \(3,\), which is not a raw key"),
-        ({"rate": 0.5, "key": jax.random.split(jax.random.key(0), 4)}, TypeError,
-         r"dropout: key must be a single key, got \(4,\) keys"),
+        (
+            {"rate": 0.5, "key": jnp.zeros(3, jnp.uint32)},
+            TypeError,
+            r"dropout: key is a uint32 array of shape \(3,\), which is not a raw key",
+        ),
+        (
+            {"rate": 0.5, "key": jax.random.split(jax.random.key(0), 4)},
+            TypeError,
+            r"dropout: key must be a single key, got \(4,\) keys",
+        ),
     ],
-    ids=["rate=1", "rate<0", "rate=nan", "rate-array", "rate-bool", "key=None", "int-key", "str-key",
-         "raw-key-shape", "batch-of-keys"],
+    ids=[
+        "rate=1",
+        "rate<0",
+        "rate=nan",
+        "rate-array",
+        "rate-bool",
+        "key=None",
+        "int-key",
+        "str-key",
+        "raw-key-shape",
+        "batch-of-keys",
+    ],
 )
 def test_bad_inputs_raise(kwargs, error, match):
     kwargs = {"key": jax.random.key(0), **kwargs}

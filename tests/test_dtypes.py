@@ -12,10 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import RTOL, assert_close, assert_trees_close, grads_three_ways, random_params, scaled_relative_error
 
 import funcprop as fp
 from funcprop import backprop, nn
-from helpers import RTOL, assert_close, assert_trees_close, grads_three_ways, random_params, scaled_relative_error
 
 F32, F64, BF16 = jnp.float32, jnp.float64, jnp.bfloat16
 EPS32 = float(jnp.finfo(F32).eps)  # one float32 rounding of a float64 result
@@ -51,14 +51,21 @@ REFUSING = {
     "dense": (lambda: nn.Dense(C), (2,), r"^Dense\(3\): "),
     "mlp": (lambda: nn.mlp([2, 4, C]), (2,), r"^serial layer 0 \(Dense\(4\)\): Dense\(4\): "),
     "norm_first_in_a_residual": (
-        lambda: nn.serial(nn.residual(nn.serial(nn.LayerNorm(), nn.Dense(2))), nn.Dense(C)), (2,),
+        lambda: nn.serial(nn.residual(nn.serial(nn.LayerNorm(), nn.Dense(2))), nn.Dense(C)),
+        (2,),
         r"^serial layer 0 \(residual\(serial\[2\]\)\): residual layer 0 \(serial\[2\]\): serial layer 0 "
-        r"\(LayerNorm\): LayerNorm: "),
+        r"\(LayerNorm\): LayerNorm: ",
+    ),
     "in_a_parallel_branch": (
-        lambda: nn.serial(nn.FanOut(2), nn.parallel(nn.Identity(), nn.RMSNorm()), nn.FanInConcat()), (2,),
-        r"^serial layer 1 \(parallel\[2\]\): parallel layer 1 \(RMSNorm\): RMSNorm: "),
-    "cnn": (lambda: nn.cnn(C, channels=(2,), hidden=4), (4, 4, 1),
-            r"^serial layer 0 \(Conv2D\(2, 3x3, stride 1x1, SAME\)\): Conv2D\(2, 3x3, stride 1x1, SAME\): "),
+        lambda: nn.serial(nn.FanOut(2), nn.parallel(nn.Identity(), nn.RMSNorm()), nn.FanInConcat()),
+        (2,),
+        r"^serial layer 1 \(parallel\[2\]\): parallel layer 1 \(RMSNorm\): RMSNorm: ",
+    ),
+    "cnn": (
+        lambda: nn.cnn(C, channels=(2,), hidden=4),
+        (4, 4, 1),
+        r"^serial layer 0 \(Conv2D\(2, 3x3, stride 1x1, SAME\)\): Conv2D\(2, 3x3, stride 1x1, SAME\): ",
+    ),
 }
 
 
@@ -98,8 +105,10 @@ def test_another_float_input_raises_one_type_error_on_every_path(name, x_dtype):
     params = random_params(model, shape)
     x, y = normal(1, (B, *shape), x_dtype), normal(2, (B, C), F32)
     want = str(jnp.dtype(x_dtype))
-    pattern = where + re.escape(f"input is {want} but the parameters are float32; cast the input "
-                                f"(x.astype(jnp.float32)) or build the layer with dtype= to compute in another dtype")
+    pattern = where + re.escape(
+        f"input is {want} but the parameters are float32; cast the input "
+        f"(x.astype(jnp.float32)) or build the layer with dtype= to compute in another dtype"
+    )
     messages = _refusal_messages(model, params, x, y)
     assert re.fullmatch(pattern, messages["apply"]), messages["apply"]
     for path, message in messages.items():
@@ -110,29 +119,37 @@ def test_float64_params_refuse_a_float32_input():
     model = nn.serial(nn.Dense(4, param_dtype=F64), nn.Relu(), nn.Dense(C, param_dtype=F64))
     params = random_params(model, (2,))
     messages = _refusal_messages(model, params, normal(1, (B, 2), F32), normal(2, (B, C), F32))
-    assert set(messages.values()) == {"serial layer 0 (Dense(4)): Dense(4): input is float32 but the parameters "
-                                      "are float64; cast the input (x.astype(jnp.float64)) or build the layer with "
-                                      "dtype= to compute in another dtype"}
+    assert set(messages.values()) == {
+        "serial layer 0 (Dense(4)): Dense(4): input is float32 but the parameters "
+        "are float64; cast the input (x.astype(jnp.float64)) or build the layer with "
+        "dtype= to compute in another dtype"
+    }
 
 
 def test_a_layer_computing_in_float64_feeds_a_float32_layer_that_refuses_it():
     model = nn.serial(nn.Dense(4, dtype=F64), nn.Dense(C))
     params = random_params(model, (2,))
     messages = _refusal_messages(model, params, normal(1, (B, 2), F32), normal(2, (B, C), F32))
-    assert set(messages.values()) == {"serial layer 1 (Dense(3)): Dense(3): input is float64 but the parameters "
-                                      "are float32; cast the input (x.astype(jnp.float32)) or build the layer with "
-                                      "dtype= to compute in another dtype"}
+    assert set(messages.values()) == {
+        "serial layer 1 (Dense(3)): Dense(3): input is float64 but the parameters "
+        "are float32; cast the input (x.astype(jnp.float32)) or build the layer with "
+        "dtype= to compute in another dtype"
+    }
 
 
 @pytest.mark.parametrize("path", ["apply", "backprop", "twin"])
 @pytest.mark.parametrize(
     "make, pattern",
     [
-        (lambda: nn.serial(nn.Dense(C), nn.residual(nn.Dense(C, dtype=BF16))),
-         r"serial layer 1 \(residual\(Dense\(3\)\)\): residual\(Dense\(3\)\): the block maps float32 to bfloat16; "
-         r"funcprop never promotes silently"),
-        (lambda: nn.serial(nn.FanOut(2), nn.parallel(nn.Dense(C), nn.Dense(C, dtype=BF16)), nn.FanInSum()),
-         r"serial layer 2 \(FanInSum\): FanInSum: the inputs must share one dtype, got \['float32', 'bfloat16'\]"),
+        (
+            lambda: nn.serial(nn.Dense(C), nn.residual(nn.Dense(C, dtype=BF16))),
+            r"serial layer 1 \(residual\(Dense\(3\)\)\): residual\(Dense\(3\)\): the block maps float32 to bfloat16; "
+            r"funcprop never promotes silently",
+        ),
+        (
+            lambda: nn.serial(nn.FanOut(2), nn.parallel(nn.Dense(C), nn.Dense(C, dtype=BF16)), nn.FanInSum()),
+            r"serial layer 2 \(FanInSum\): FanInSum: the inputs must share one dtype, got \['float32', 'bfloat16'\]",
+        ),
     ],
     ids=["residual", "fan_in_sum"],
 )
@@ -142,8 +159,11 @@ def test_values_of_two_dtypes_are_not_added(standard_promotion, make, pattern, p
     model = make()
     params = random_params(model, (2,))
     x, y = normal(1, (B, 2), F32), normal(2, (B, C), F32)
-    run = {"apply": lambda: model.apply(params, x), "twin": lambda: nn.twin(model)(params, x),
-           "backprop": lambda: backprop.value_and_grad(model, fp.mse)(params, x, y)}[path]
+    run = {
+        "apply": lambda: model.apply(params, x),
+        "twin": lambda: nn.twin(model)(params, x),
+        "backprop": lambda: backprop.value_and_grad(model, fp.mse)(params, x, y),
+    }[path]
     with pytest.raises(TypeError, match=pattern):
         run()
 
@@ -162,8 +182,9 @@ def models(dtype, param_dtype=F32):
 
 
 # each network with one of the losses: the loss only sets the output's cotangent
-CASES = pytest.mark.parametrize("name, loss_name", [("mlp", "softmax_cross_entropy"), ("resmlp", "mse"),
-                                                    ("resnet", "softmax_cross_entropy")])
+CASES = pytest.mark.parametrize(
+    "name, loss_name", [("mlp", "softmax_cross_entropy"), ("resmlp", "mse"), ("resnet", "softmax_cross_entropy")]
+)
 
 
 @CASES
@@ -249,8 +270,10 @@ def test_layer_norm_statistics_are_float32_in_a_bfloat16_layer():
 
     @jax.jit
     def both(params, x):
-        return (backprop.value_and_grad(layer, fp.mse, return_intermediates=True)(params, x, y_target),
-                jax.grad(lambda p: fp.mse(layer.apply(p, x), y_target))(params))
+        return (
+            backprop.value_and_grad(layer, fp.mse, return_intermediates=True)(params, x, y_target),
+            jax.grad(lambda p: fp.mse(layer.apply(p, x), y_target))(params),
+        )
 
     (_, grads, traces), rules_grads = both(params, x)
     assert dtypes(grads) == dtypes(params) and traces[0].input_grad.dtype == F32
@@ -272,8 +295,11 @@ def _bfloat16_layer_norm(x, params):
 @pytest.mark.parametrize(
     "make, pattern",
     [
-        (lambda: nn.Dense(3, dtype="int32"), r"Dense\(3\): dtype must be a floating dtype such as jnp.float32, "
-                                             r"got 'int32'"),
+        (
+            lambda: nn.Dense(3, dtype="int32"),
+            r"Dense\(3\): dtype must be a floating dtype such as jnp.float32, "
+            r"got 'int32'",
+        ),
         (lambda: nn.Dense(3, param_dtype=jnp.int8), r"Dense\(3\): param_dtype must be a floating dtype"),
         (lambda: nn.Conv2D(2, 3, dtype=jnp.int32), r"Conv2D\(2, 3x3, .*\): dtype must be a floating dtype"),
         (lambda: nn.LayerNorm(dtype="foo"), r"LayerNorm: dtype must be a floating dtype .*got 'foo'"),
@@ -283,8 +309,7 @@ def _bfloat16_layer_norm(x, params):
         (lambda: nn.MaxPool2D(2, dtype=jnp.uint8), r"MaxPool2D\(2x2, stride 2x2\): dtype must be a floating dtype"),
         (lambda: nn.mlp([2, 3], dtype="int32"), r"Dense\(3\): dtype must be a floating dtype"),
     ],
-    ids=["dense_dtype", "dense_param_dtype", "conv", "layer_norm", "rms_norm", "embedding", "relu", "max_pool",
-         "mlp"],
+    ids=["dense_dtype", "dense_param_dtype", "conv", "layer_norm", "rms_norm", "embedding", "relu", "max_pool", "mlp"],
 )
 def test_a_bad_dtype_argument_names_the_layer(make, pattern):
     with pytest.raises(TypeError, match=pattern):

@@ -5,9 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import RTOL, assert_close
 
 import funcprop
-from helpers import RTOL, assert_close
 
 V, D = 6, 3
 F64 = RTOL[np.dtype("float64")]
@@ -58,7 +58,7 @@ def test_out_of_range_ids_give_zero_rows_and_no_gradient(fn):
     ids = jnp.array([-1, V, V + 5], jnp.int32)  # −1 must not wrap, V must not clamp to V − 1
     table = _table()
     for f in (fn, jax.jit(fn)):
-        y, pullback = jax.vjp(lambda t: f(ids, t), table)
+        y, pullback = jax.vjp(lambda t, f=f: f(ids, t), table)
         np.testing.assert_array_equal(y, np.zeros((3, D)))
         np.testing.assert_array_equal(pullback(jnp.ones((3, D)))[0], np.zeros((V, D)))
 
@@ -98,8 +98,12 @@ def test_only_the_ids_are_kept():
         (np.array([0, 1]), _table()[0], ValueError, r"embedding: table must be a matrix \(V, d\).* got shape \(3,\)"),
         (np.array([0, 1]), np.zeros((2, 3, 4)), ValueError, r"embedding: table must be a matrix .* \(2, 3, 4\)"),
         (np.array([0, 1]), np.zeros((0, 3)), ValueError, r"embedding: table must be a matrix \(V, d\) with V >= 1"),
-        (np.array([0, 1]), np.ones((V, D), np.int32), TypeError,
-         r"embedding: table must be a floating-point array, got dtype int32"),
+        (
+            np.array([0, 1]),
+            np.ones((V, D), np.int32),
+            TypeError,
+            r"embedding: table must be a floating-point array, got dtype int32",
+        ),
     ],
     ids=["float-ids", "bool-ids", "1-D-table", "3-D-table", "empty-table", "int-table"],
 )

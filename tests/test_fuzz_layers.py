@@ -55,11 +55,13 @@ class LayerCase(NamedTuple):
 
 LAYERS = {
     "Dense": LayerCase(nn.Dense, {"n_out": 3}, (4,), "dense"),
-    "Conv2D": LayerCase(nn.Conv2D, {"c_out": 2, "kernel_size": 3, "stride": 1, "padding": "SAME", "dilation": 1},
-                        (5, 4, 2), "conv2d"),
+    "Conv2D": LayerCase(
+        nn.Conv2D, {"c_out": 2, "kernel_size": 3, "stride": 1, "padding": "SAME", "dilation": 1}, (5, 4, 2), "conv2d"
+    ),
     "MaxPool2D": LayerCase(nn.MaxPool2D, {"window": 2, "stride": 1, "padding": "VALID"}, (4, 3, 2), "max_pool2d"),
-    "AvgPool2D": LayerCase(nn.AvgPool2D, {"window": 2, "padding": 1, "count_include_pad": False}, (4, 3, 2),
-                           "avg_pool2d"),
+    "AvgPool2D": LayerCase(
+        nn.AvgPool2D, {"window": 2, "padding": 1, "count_include_pad": False}, (4, 3, 2), "avg_pool2d"
+    ),
     "Flatten": LayerCase(nn.Flatten, {}, (2, 3), "Flatten"),
     "Sigmoid": LayerCase(nn.Sigmoid, {}, (3,), "sigmoid"),
     "Tanh": LayerCase(nn.Tanh, {}, (3,), "tanh"),
@@ -69,8 +71,9 @@ LAYERS = {
     "Gelu": LayerCase(nn.Gelu, {}, (3,), "gelu"),
     "LayerNorm": LayerCase(nn.LayerNorm, {"eps": 1e-5}, (4,), "layer_norm"),
     "RMSNorm": LayerCase(nn.RMSNorm, {"eps": 1e-6}, (4,), "rms_norm"),
-    "Embedding": LayerCase(nn.Embedding, {"num_embeddings": 5, "features": 3, "stddev": 1.0}, (4,), "embedding",
-                           ids=True),
+    "Embedding": LayerCase(
+        nn.Embedding, {"num_embeddings": 5, "features": 3, "stddev": 1.0}, (4,), "embedding", ids=True
+    ),
     "Dropout": LayerCase(nn.Dropout, {"rate": 0.3}, (4,), "dropout", random=True),
 }
 # funcprop.nn's other capitalized names: combinators, parameter types and the layer type
@@ -80,10 +83,12 @@ NOT_LEAF_LAYERS = {"FanInConcat", "FanInSum", "FanOut", "Identity", "Layer", "La
 # Delete an entry once nn is fixed, and the fuzz covers those inputs too.
 # predicate(constructor name, input_shape given to init, x.shape or None before apply)
 KNOWN_NN_ISSUES: dict[str, Callable[[str, tuple, tuple | None], bool]] = {
-    "Flatten: x.reshape(B, -1) raises ZeroDivisionError for a batch of 0":
-        lambda layer, shape, x_shape: layer == "Flatten" and x_shape is not None and x_shape[:1] == (0,),
-    "Dense, Conv2D: apply on an input of 0 features divides by zero in the initialiser (factory.check_params)":
-        lambda layer, shape, x_shape: layer in ("Dense", "Conv2D") and bool(x_shape) and x_shape[-1] == 0,
+    "Flatten: x.reshape(B, -1) raises ZeroDivisionError for a batch of 0": lambda layer, shape, x_shape: (
+        layer == "Flatten" and x_shape is not None and x_shape[:1] == (0,)
+    ),
+    "Dense, Conv2D: apply on an input of 0 features divides by zero in the initialiser (factory.check_params)": lambda layer, shape, x_shape: (
+        layer in ("Dense", "Conv2D") and bool(x_shape) and x_shape[-1] == 0
+    ),
 }
 
 
@@ -215,7 +220,7 @@ def shape_cases(draw, case: LayerCase):
         shape = draw(fst.shapes(0, 4, max_side=3))
     else:
         at = draw(st.integers(0, len(shape) - 1))
-        shape = shape[:at] + (0,) + shape[at + 1:]
+        shape = shape[:at] + (0,) + shape[at + 1 :]
     event(f"shape: {how}")
     return case.kwargs, shape, _inputs(case)
 
@@ -237,7 +242,8 @@ def value_cases(draw, case: LayerCase):
 
     def params_values(params):
         return st.tuples(*[fst.arrays(p.dtype, p.shape, elements="adversarial") for p in jax.tree.leaves(params)]).map(
-            lambda leaves: jax.tree.unflatten(jax.tree.structure(params), leaves))
+            lambda leaves: jax.tree.unflatten(jax.tree.structure(params), leaves)
+        )
 
     if in_params:
         return case.kwargs, case.input_shape, _inputs(case), params_values
@@ -262,8 +268,13 @@ def static_cases(draw, case: LayerCase):
     return {**case.kwargs, name: draw(wrong_static(case.kwargs[name]))}, case.input_shape, _inputs(case)
 
 
-CLASSES = {"shape": shape_cases, "input": input_cases, "value": value_cases, "dtype": dtype_cases,
-           "static": static_cases}
+CLASSES = {
+    "shape": shape_cases,
+    "input": input_cases,
+    "value": value_cases,
+    "dtype": dtype_cases,
+    "static": static_cases,
+}
 PARAMS = [
     pytest.param(kind, name, id=f"{kind}-{name}")
     for kind in CLASSES

@@ -174,8 +174,12 @@ def check_case(rule, args, kwargs, seed: int) -> str:
     assert_like(out, twin_out, f"{name} forward")
     for k, ((i, x), got, ref) in enumerate(zip(float_args, rule_cts, twin_cts)):
         assert got.dtype == x.dtype, f"{name}: cotangent of argument {i} is {got.dtype}, the input {x.dtype}"
-        assert_cotangent_like(got, ref, f"{name} cotangent of argument {i}",
-                              twin_error=lambda k=k: _twin_rounding_error(rule, static, array_kwargs, args, ct, k))
+        assert_cotangent_like(
+            got,
+            ref,
+            f"{name} cotangent of argument {i}",
+            twin_error=lambda k=k: _twin_rounding_error(rule, static, array_kwargs, args, ct, k),
+        )
     return "computed"
 
 
@@ -270,10 +274,14 @@ def value_cases(draw, rows):
     args = EXAMPLES[case.name]
     dtype = draw(fst.float_dtypes())
     event(f"value: {dtype}")
-    return case.rule, [
-        tuple(_array_like(draw, a, a.shape, dtype if is_float(a) else None, "adversarial") for a in args)
-        for _ in range(VALUE_DRAWS)
-    ], case.kwargs
+    return (
+        case.rule,
+        [
+            tuple(_array_like(draw, a, a.shape, dtype if is_float(a) else None, "adversarial") for a in args)
+            for _ in range(VALUE_DRAWS)
+        ],
+        case.kwargs,
+    )
 
 
 def wrong_static(value) -> st.SearchStrategy:
@@ -288,8 +296,11 @@ def wrong_static(value) -> st.SearchStrategy:
         return st.sampled_from(["VALID", "SAME", "same", "FULL", ""])
     if isinstance(value, tuple):
         small = st.sampled_from([-1, 0, 1, 2, 3, True])
-        return st.one_of(st.lists(small, min_size=1, max_size=3).map(tuple), small,
-                         st.tuples(st.tuples(small, small), st.tuples(small, small)))
+        return st.one_of(
+            st.lists(small, min_size=1, max_size=3).map(tuple),
+            small,
+            st.tuples(st.tuples(small, small), st.tuples(small, small)),
+        )
     return st.sampled_from([None, 0, "key", np.zeros(3, np.uint32), jax.random.split(jax.random.key(0))])
 
 
@@ -321,4 +332,3 @@ def test_rule_computes_like_its_twin_or_refuses_by_name(kind, rule_name):
             event(check_case(rule, args, kwargs, seed))
 
     fuzz()
-

@@ -67,8 +67,9 @@ def test_check_labels_wants_a_positive_int_count(num_classes):
         fp.check_labels([0, 1, 2], num_classes)
 
 
-@pytest.mark.parametrize("model", [nn.Dense(3), nn.mlp([2, 3, 2]), nn.serial(nn.Dense(3), nn.Relu())],
-                         ids=["dense", "mlp", "serial"])
+@pytest.mark.parametrize(
+    "model", [nn.Dense(3), nn.mlp([2, 3, 2]), nn.serial(nn.Dense(3), nn.Relu())], ids=["dense", "mlp", "serial"]
+)
 def test_init_names_the_layer_for_a_key_that_is_not_one(model):
     for bad in (0, jnp.zeros(3), jax.random.split(jax.random.key(0), 2)):
         with pytest.raises(TypeError, match=r"\.init: key must be one PRNG key.*jax\.random\.key\(seed\)"):
@@ -76,8 +77,10 @@ def test_init_names_the_layer_for_a_key_that_is_not_one(model):
     assert model.init(jax.random.PRNGKey(0), (2,))[0] == model.init(jax.random.key(0), (2,))[0]  # raw keys too
 
 
-@pytest.mark.parametrize("shape, fix", [(2, r"\(2,\)"), ("2", r"\(784,\)"), ((2.0,), r"\(784,\)"),
-                                        ((-1,), r"\(784,\)"), ((True,), r"\(784,\)")])
+@pytest.mark.parametrize(
+    "shape, fix",
+    [(2, r"\(2,\)"), ("2", r"\(784,\)"), ((2.0,), r"\(784,\)"), ((-1,), r"\(784,\)"), ((True,), r"\(784,\)")],
+)
 def test_init_wants_a_tuple_of_ints_for_the_input_shape(shape, fix):
     with pytest.raises(TypeError, match=r"serial\[3\]\.init: input_shape must be one example's shape.*" + fix):
         nn.mlp([2, 3, 2]).init(jax.random.key(0), shape)
@@ -92,8 +95,11 @@ def test_fan_in_inits_still_take_a_tuple_of_shapes():
 def test_apply_refuses_params_made_for_another_width():
     _, wide = nn.mlp([2, 5, 2]).init(jax.random.key(0), (2,))
     x = jnp.ones((4, 2), jnp.float32)
-    with pytest.raises(ValueError, match=r"Dense\(3\): params do not fit this layer on inputs of shape \(2,\): "
-                                         r"expected \.omega \(3, 2\), \.beta \(3,\), got shapes \[\(5, 2\), \(5,\)\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"Dense\(3\): params do not fit this layer on inputs of shape \(2,\): "
+        r"expected \.omega \(3, 2\), \.beta \(3,\), got shapes \[\(5, 2\), \(5,\)\]",
+    ):
         nn.mlp([2, 3, 2]).apply(wide, x)
     with pytest.raises(ValueError, match=r"Dense\(3\): params do not fit"):
         nn.Dense(3).apply(wide[0], x[0])  # one example, no batch axis
@@ -101,9 +107,17 @@ def test_apply_refuses_params_made_for_another_width():
         nn.Dense(3).apply((wide[0].omega[:3],), x)  # a leaf missing
 
 
-@pytest.mark.parametrize("layer, shape", [(nn.Dense(3), (0,)), (nn.Dense(3), (0, 4)), (nn.Conv2D(3, 2), (4, 4, 0)),
-                                          (nn.LayerNorm(), (0,)), (nn.RMSNorm(), (5, 0))],
-                         ids=["dense", "dense-empty-sequence", "conv", "layer-norm", "rms-norm"])
+@pytest.mark.parametrize(
+    "layer, shape",
+    [
+        (nn.Dense(3), (0,)),
+        (nn.Dense(3), (0, 4)),
+        (nn.Conv2D(3, 2), (4, 4, 0)),
+        (nn.LayerNorm(), (0,)),
+        (nn.RMSNorm(), (5, 0)),
+    ],
+    ids=["dense", "dense-empty-sequence", "conv", "layer-norm", "rms-norm"],
+)
 def test_init_refuses_an_empty_example_axis_by_name(layer, shape):
     with pytest.raises(ValueError, match=re.escape(f"{layer.name}: input_shape {shape} has an empty axis")):
         layer.init(jax.random.key(0), shape)  # was ZeroDivisionError in the initialiser

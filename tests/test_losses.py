@@ -69,8 +69,11 @@ def test_a_half_precision_loss_accumulates_in_float32(name, low):
     dtype and equal the float32 ones rounded to that dtype, to within one step of it."""
     rng = np.random.default_rng(0)
     z = jnp.asarray(3 * rng.standard_normal((40000, 10)), low)
-    y = (jnp.asarray(rng.integers(0, 10, 40000)) if name == "softmax_cross_entropy"
-         else jnp.asarray(rng.uniform(size=(40000, 10)), low))
+    y = (
+        jnp.asarray(rng.integers(0, 10, 40000))
+        if name == "softmax_cross_entropy"
+        else jnp.asarray(rng.uniform(size=(40000, 10)), low)
+    )
     rule = getattr(fp, name)
     value, (z_bar, *rest) = jax.value_and_grad(rule, argnums=(0,) if name == "softmax_cross_entropy" else (0, 1))(z, y)
     wide = (z.astype(jnp.float32), y if name == "softmax_cross_entropy" else y.astype(jnp.float32))

@@ -78,7 +78,9 @@ def test_twin_matches_apply():
 
 def test_init_error_names_layer_and_position():
     model = nn.serial(nn.Dense(4), nn.Relu(), nn.Dense(3))
-    with pytest.raises(ValueError, match=r"serial layer 0 \(Dense\(4\)\): Dense\(4\): input_shape must end in the features .*got \(\)"):
+    with pytest.raises(
+        ValueError, match=r"serial layer 0 \(Dense\(4\)\): Dense\(4\): input_shape must end in the features .*got \(\)"
+    ):
         model.init(jax.random.key(0), ())
 
 
@@ -92,7 +94,9 @@ def test_dense_maps_the_last_axis_of_an_example():
 def test_apply_error_names_layer_position_and_shapes():
     model = nn.serial(nn.Dense(4), nn.Relu(), nn.Dense(3))
     _, params = model.init(jax.random.key(0), (5,))
-    with pytest.raises(ValueError, match=r"serial layer 0 \(Dense\(4\)\): dense: omega has shape \(4, 5\) but h has 6 features"):
+    with pytest.raises(
+        ValueError, match=r"serial layer 0 \(Dense\(4\)\): dense: omega has shape \(4, 5\) but h has 6 features"
+    ):
         model.apply(params, jnp.ones((2, 6), jnp.float32))
     with pytest.raises(ValueError, match=r"serial\[3\]: params must be a tuple of 3"):
         model.apply(params[:2], jnp.ones((2, 5)))

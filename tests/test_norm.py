@@ -5,9 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import RTOL, assert_close
 
 import funcprop
-from helpers import RTOL, assert_close
 
 F64 = RTOL[np.dtype("float64")]
 SHAPES = pytest.mark.parametrize("shape", [(4, 6), (2, 3, 5), (7,)], ids=str)
@@ -126,27 +126,61 @@ def _f(*shape, dtype=jnp.float64):
 @pytest.mark.parametrize(
     "call, error, match",
     [
-        (lambda: funcprop.layer_norm(_f(3, 5), _f(4), _f(5)), ValueError,
-         r"layer_norm: gamma has shape \(4,\) but x has 5 features .* gamma must be \(5,\)"),
-        (lambda: funcprop.layer_norm(_f(3, 5), _f(5), _f(5, 1)), ValueError,
-         r"layer_norm: beta has shape \(5, 1\) but x has 5 features .* beta must be \(5,\)"),
-        (lambda: funcprop.rms_norm(_f(2, 3, 5), _f(3)), ValueError,
-         r"rms_norm: gamma has shape \(3,\) but x has 5 features"),
+        (
+            lambda: funcprop.layer_norm(_f(3, 5), _f(4), _f(5)),
+            ValueError,
+            r"layer_norm: gamma has shape \(4,\) but x has 5 features .* gamma must be \(5,\)",
+        ),
+        (
+            lambda: funcprop.layer_norm(_f(3, 5), _f(5), _f(5, 1)),
+            ValueError,
+            r"layer_norm: beta has shape \(5, 1\) but x has 5 features .* beta must be \(5,\)",
+        ),
+        (
+            lambda: funcprop.rms_norm(_f(2, 3, 5), _f(3)),
+            ValueError,
+            r"rms_norm: gamma has shape \(3,\) but x has 5 features",
+        ),
         (lambda: funcprop.layer_norm(_f(), _f(1), _f(1)), ValueError, r"layer_norm: x must have a feature axis"),
-        (lambda: funcprop.layer_norm(_f(3, 5, dtype=jnp.int32), _f(5), _f(5)), TypeError,
-         r"layer_norm: x must be a floating-point array, got dtype int32; cast"),
-        (lambda: funcprop.rms_norm(_f(3, 5), _f(5, dtype=jnp.int32)), TypeError,
-         r"rms_norm: gamma must be a floating-point array, got dtype int32"),
-        (lambda: funcprop.layer_norm(_f(3, 5), _f(5, dtype=jnp.float32), _f(5)), TypeError,
-         r"layer_norm: arguments must share one float dtype, but x is float64, gamma is float32"),
-        (lambda: funcprop.layer_norm(_f(3, 5), _f(5), _f(5), eps=0.0), ValueError,
-         r"layer_norm: eps must be .*> 0, got 0.0"),
+        (
+            lambda: funcprop.layer_norm(_f(3, 5, dtype=jnp.int32), _f(5), _f(5)),
+            TypeError,
+            r"layer_norm: x must be a floating-point array, got dtype int32; cast",
+        ),
+        (
+            lambda: funcprop.rms_norm(_f(3, 5), _f(5, dtype=jnp.int32)),
+            TypeError,
+            r"rms_norm: gamma must be a floating-point array, got dtype int32",
+        ),
+        (
+            lambda: funcprop.layer_norm(_f(3, 5), _f(5, dtype=jnp.float32), _f(5)),
+            TypeError,
+            r"layer_norm: arguments must share one float dtype, but x is float64, gamma is float32",
+        ),
+        (
+            lambda: funcprop.layer_norm(_f(3, 5), _f(5), _f(5), eps=0.0),
+            ValueError,
+            r"layer_norm: eps must be .*> 0, got 0.0",
+        ),
         (lambda: funcprop.rms_norm(_f(3, 5), _f(5), eps=-1e-6), ValueError, r"rms_norm: eps must be .*> 0, got -1e-06"),
-        (lambda: funcprop.rms_norm(_f(3, 5), _f(5), eps=jnp.float32(1e-6)), TypeError,
-         r"rms_norm: eps must be a static Python float"),
+        (
+            lambda: funcprop.rms_norm(_f(3, 5), _f(5), eps=jnp.float32(1e-6)),
+            TypeError,
+            r"rms_norm: eps must be a static Python float",
+        ),
     ],
-    ids=["gamma-features", "beta-shape", "rms-gamma", "scalar-x", "int-x", "int-gamma",
-         "mixed-dtypes", "eps=0", "eps<0", "eps-array"],
+    ids=[
+        "gamma-features",
+        "beta-shape",
+        "rms-gamma",
+        "scalar-x",
+        "int-x",
+        "int-gamma",
+        "mixed-dtypes",
+        "eps=0",
+        "eps<0",
+        "eps-array",
+    ],
 )
 def test_bad_inputs_raise(call, error, match):
     with pytest.raises(error, match=match):

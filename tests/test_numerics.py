@@ -90,8 +90,9 @@ def test_nan_in_is_nan_out(case):
         assert bool(jnp.any(jnp.isnan(fn(*args, **case.kwargs)))), f"{case.name}: NaN in, no NaN out"
 
 
-@pytest.mark.parametrize("dtype, big", [(jnp.float32, 1e20), (jnp.float64, 1e200), (jnp.float16, 6e4)],
-                         ids=["f32", "f64", "f16"])
+@pytest.mark.parametrize(
+    "dtype, big", [(jnp.float32, 1e20), (jnp.float64, 1e200), (jnp.float16, 6e4)], ids=["f32", "f64", "f16"]
+)
 def test_gelu_gradient_is_finite_where_f_cubed_overflows(dtype, big):
     """gelu'(f) → 1 as f → ∞ and → 0 as f → −∞; 0·∞ once made it NaN. Grad of grad too."""
     f = jnp.asarray([big, -big, 3.0], dtype)

@@ -3,11 +3,11 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+from helpers import RTOL, assert_close, float_argnums, random_like, vjp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import funcprop as fp
-from helpers import RTOL, assert_close, float_argnums, random_like, vjp
 
 F64 = RTOL[np.dtype("float64")]
 dims = st.integers(1, 6)
@@ -85,9 +85,13 @@ pads = st.sampled_from(["VALID", "SAME", ((1, 0), (0, 2)), ((2, 2), (1, 1))])
 
 @CONV_SETTINGS
 @given(
-    batch=st.integers(1, 2), hw=st.tuples(st.integers(3, 8), st.integers(3, 8)),
-    kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
-    padding=pads, channels=st.tuples(st.integers(1, 3), st.integers(1, 3)), seed=seeds,
+    batch=st.integers(1, 2),
+    hw=st.tuples(st.integers(3, 8), st.integers(3, 8)),
+    kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    padding=pads,
+    channels=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    seed=seeds,
 )
 def test_conv2d_any_geometry(batch, hw, kernel, stride, padding, channels, seed):
     args = _normal(seed, (batch, *hw, channels[0]), (*kernel, *channels), (channels[1],))
@@ -96,9 +100,11 @@ def test_conv2d_any_geometry(batch, hw, kernel, stride, padding, channels, seed)
 
 @CONV_SETTINGS
 @given(
-    rule=st.sampled_from([fp.max_pool2d, fp.avg_pool2d]), hw=st.tuples(st.integers(3, 8), st.integers(3, 8)),
+    rule=st.sampled_from([fp.max_pool2d, fp.avg_pool2d]),
+    hw=st.tuples(st.integers(3, 8), st.integers(3, 8)),
     window=st.tuples(st.integers(1, 3), st.integers(1, 3)),
-    stride=st.one_of(st.none(), st.tuples(st.integers(1, 3), st.integers(1, 3))), seed=seeds,
+    stride=st.one_of(st.none(), st.tuples(st.integers(1, 3), st.integers(1, 3))),
+    seed=seeds,
 )
 def test_pooling_any_geometry(rule, hw, window, stride, seed):
     (x,) = _normal(seed, (2, *hw, 2))

@@ -34,15 +34,18 @@ def _run(code: str, cwd) -> str:
     return done.stdout
 
 
-@pytest.mark.parametrize("code, shown", _python_examples(), ids=lambda x: (x or "").strip().splitlines()[0][:30] if x else "")
+@pytest.mark.parametrize(
+    "code, shown", _python_examples(), ids=lambda x: (x or "").strip().splitlines()[0][:30] if x else ""
+)
 def test_readme_example(code, shown, tmp_path):
     tests = re.findall(r"^def (test_\w+)\(", code, flags=re.M)
     prelude = "import jax\njax.config.update('jax_enable_x64', True)\n" if tests else ""
     out = _run(prelude + code + "".join(f"\n{t}()" for t in tests), tmp_path)
     if shown is not None:
         if tests:  # a report table: the same rows, checks and verdicts
-            assert [line.split()[:2] + line.split()[-1:] for line in out.strip().splitlines()[2:]] == \
-                [line.split()[:2] + line.split()[-1:] for line in shown.strip().splitlines()[2:]]
+            assert [line.split()[:2] + line.split()[-1:] for line in out.strip().splitlines()[2:]] == [
+                line.split()[:2] + line.split()[-1:] for line in shown.strip().splitlines()[2:]
+            ]
         else:
             assert out.strip() == shown.strip()
 

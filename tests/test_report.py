@@ -15,8 +15,16 @@ pytestmark = pytest.mark.usefixtures("standard_promotion")
 
 def test_main_job_writes_the_report_folder(tmp_path):
     summary = report.main_job(tmp_path, epochs=2, progress=False, compare_sklearn=False, cases=RULES[:2])
-    for name in ("summary.md", "summary.json", "verify.md", "verify.json", "metrics.json", "metrics.csv",
-                 "curves.png", "checkpoint.npz"):
+    for name in (
+        "summary.md",
+        "summary.json",
+        "verify.md",
+        "verify.json",
+        "metrics.json",
+        "metrics.csv",
+        "curves.png",
+        "checkpoint.npz",
+    ):
         assert (tmp_path / name).stat().st_size > 0, name
     assert summary["checks"] == summary["checks_passed"] == 4
     assert 0.5 < summary["test_accuracy"] <= 1.0

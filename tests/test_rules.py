@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import FD_RTOL, RTOL, assert_close, float_argnums, random_like, vjp, with_floats
 
 from funcprop.rules.table import RULES, rule_names
-from helpers import FD_RTOL, RTOL, assert_close, float_argnums, random_like, vjp, with_floats
 
 CASES = pytest.mark.parametrize("case", RULES, ids=rule_names())
 DTYPES = pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64], ids=["f32", "f64"])
@@ -18,9 +18,7 @@ def test_table_holds_every_public_rule():
 
     in_table = {case.rule for case in RULES}
     public_rules = {
-        getattr(funcprop, name)
-        for name in funcprop.__all__
-        if hasattr(getattr(funcprop, name), "vjp_rule")
+        getattr(funcprop, name) for name in funcprop.__all__ if hasattr(getattr(funcprop, name), "vjp_rule")
     }
     missing = {r.__name__ for r in public_rules - in_table}
     assert not missing, f"rules without a row in funcprop.rules.table: {missing}"

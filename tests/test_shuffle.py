@@ -9,7 +9,9 @@ from funcprop import shuffle
 from funcprop.shuffle import SORT_BELOW
 
 
-@pytest.mark.parametrize("n", [0, 1, 2, 3, 7, SORT_BELOW - 1, SORT_BELOW, SORT_BELOW + 1, 3000, 4096, 4097, 65537, 100_003])
+@pytest.mark.parametrize(
+    "n", [0, 1, 2, 3, 7, SORT_BELOW - 1, SORT_BELOW, SORT_BELOW + 1, 3000, 4096, 4097, 65537, 100_003]
+)
 def test_every_index_exactly_once(n):
     order = shuffle.permutation(jax.random.key(n), n)
     assert order.shape == (n,) and order.dtype == np.int32

@@ -27,8 +27,9 @@ def _setup(ds, activation="tanh"):
 
 def _run(ds, epochs=3, **kw):
     model, params = _setup(ds)
-    return train.train(model, params, optax.adam(1e-2), ds, epochs=epochs, batch_size=16,
-                       key=jax.random.key(2), progress=False, **kw)
+    return train.train(
+        model, params, optax.adam(1e-2), ds, epochs=epochs, batch_size=16, key=jax.random.key(2), progress=False, **kw
+    )
 
 
 def test_three_gradient_sources_reach_the_same_parameters(toy_data):
@@ -53,7 +54,9 @@ def test_resume_ends_bit_for_bit_where_an_uninterrupted_run_ends(toy_data, tmp_p
     path = tmp_path / "state.npz"
     _run(toy_data, epochs=2, checkpoint_path=path)
     resumed = _run(toy_data, epochs=4, checkpoint_path=path, resume=True)
-    for x, y in zip(jax.tree.leaves((straight.params, straight.opt_state)), jax.tree.leaves((resumed.params, resumed.opt_state))):
+    for x, y in zip(
+        jax.tree.leaves((straight.params, straight.opt_state)), jax.tree.leaves((resumed.params, resumed.opt_state))
+    ):
         np.testing.assert_array_equal(x, y)
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in straight.history]
@@ -71,8 +74,9 @@ def test_history_is_written_as_json_and_csv(toy_data, tmp_path):
 
 def test_train_accepts_an_apply_function(toy_data):
     model, params = _setup(toy_data)
-    result = train.train(model.apply, params, optax.sgd(0.1), toy_data, epochs=1, batch_size=32,
-                         key=jax.random.key(0), progress=False)
+    result = train.train(
+        model.apply, params, optax.sgd(0.1), toy_data, epochs=1, batch_size=32, key=jax.random.key(0), progress=False
+    )
     assert np.isfinite(result.history[0]["train_loss"])
     with pytest.raises(TypeError, match=r"gradient='backprop' needs a funcprop.nn Layer"):
         train.loss_and_grad(model.apply, gradient="backprop")
@@ -97,16 +101,26 @@ def test_bad_arguments(toy_data, kwargs, exception, pattern):
 def test_divergence_is_reported(toy_data):
     model, params = _setup(toy_data, activation="relu")
     with pytest.raises(FloatingPointError, match=r"train: the train loss became nan at epoch 1"):
-        train.train(model, jax.tree.map(lambda p: p * 1e30, params), optax.sgd(1e30), toy_data,
-                    epochs=3, batch_size=16, key=jax.random.key(0), progress=False)
+        train.train(
+            model,
+            jax.tree.map(lambda p: p * 1e30, params),
+            optax.sgd(1e30),
+            toy_data,
+            epochs=3,
+            batch_size=16,
+            key=jax.random.key(0),
+            progress=False,
+        )
 
 
 def test_params_and_key_survive_training(toy_data):
     """The epoch donates its state; train copies first, so the caller can train twice."""
     model, params = _setup(toy_data)
     key = jax.random.key(2)
-    runs = [train.train(model, params, optax.adam(1e-2), toy_data, epochs=2, batch_size=16, key=key,
-                        progress=False) for _ in range(2)]
+    runs = [
+        train.train(model, params, optax.adam(1e-2), toy_data, epochs=2, batch_size=16, key=key, progress=False)
+        for _ in range(2)
+    ]
     for a, b in zip(jax.tree.leaves(runs[0].params), jax.tree.leaves(runs[1].params)):
         np.testing.assert_array_equal(a, b)
     assert np.isfinite(np.asarray(jax.tree.leaves(params)[0])).all()
@@ -115,7 +129,9 @@ def test_params_and_key_survive_training(toy_data):
 def test_resume_with_other_settings_is_refused(toy_data, tmp_path):
     path = tmp_path / "state.npz"
     _run(toy_data, epochs=1, checkpoint_path=path, config={"lr": 0.01})
-    with pytest.raises(ValueError, match=r"train: the checkpoint .* was written with other settings \(lr: 0.01 then, 5.0 now\)"):
+    with pytest.raises(
+        ValueError, match=r"train: the checkpoint .* was written with other settings \(lr: 0.01 then, 5.0 now\)"
+    ):
         _run(toy_data, epochs=2, checkpoint_path=path, resume=True, config={"lr": 5.0})
 
 
@@ -158,24 +174,62 @@ def test_mse_training_records_no_accuracy(tmp_path):
     _, params = model.init(jax.random.key(0), (2,))
     x = np.asarray(jax.random.normal(jax.random.key(1), (64, 2), jnp.float32))
     ds = data.Dataset(x[:48], np.sin(x[:48]), x[48:], np.sin(x[48:]), 2, "regression")
-    result = train.train(model, params, optax.adam(1e-2), ds, epochs=2, batch_size=16, key=jax.random.key(2),
-                         loss=fp.mse, progress=False, out_dir=tmp_path)
+    result = train.train(
+        model,
+        params,
+        optax.adam(1e-2),
+        ds,
+        epochs=2,
+        batch_size=16,
+        key=jax.random.key(2),
+        loss=fp.mse,
+        progress=False,
+        out_dir=tmp_path,
+    )
     assert [r["test_accuracy"] for r in result.history] == [None, None]
     with pytest.raises(ValueError, match="train: target_accuracy needs an accuracy"):
-        train.train(model, params, optax.adam(1e-2), ds, epochs=1, batch_size=16, key=jax.random.key(2), loss=fp.mse,
-                    progress=False, target_accuracy=0.9)
+        train.train(
+            model,
+            params,
+            optax.adam(1e-2),
+            ds,
+            epochs=1,
+            batch_size=16,
+            key=jax.random.key(2),
+            loss=fp.mse,
+            progress=False,
+            target_accuracy=0.9,
+        )
 
 
 def test_a_residual_network_with_dropout_trains_to_the_same_parameters_three_ways(toy_data):
     """Branches, a residual around LayerNorm, and dropout fed a fresh key each step:
     the rules, the twins and the written-out backprop reach one set of parameters."""
     block = nn.residual(nn.serial(nn.LayerNorm(), nn.Dense(8), nn.Tanh(), nn.Dense(8)))
-    model = nn.serial(nn.Dense(8), block, nn.Dropout(0.3),
-                      nn.FanOut(2), nn.parallel(nn.serial(nn.Dense(8), nn.Tanh()), nn.Identity()), nn.FanInSum(),
-                      nn.Dense(2))
+    model = nn.serial(
+        nn.Dense(8),
+        block,
+        nn.Dropout(0.3),
+        nn.FanOut(2),
+        nn.parallel(nn.serial(nn.Dense(8), nn.Tanh()), nn.Identity()),
+        nn.FanInSum(),
+        nn.Dense(2),
+    )
     _, params = model.init(jax.random.key(1), (2,))
-    runs = {g: train.train(model, params, optax.adam(1e-2), toy_data, epochs=3, batch_size=16,
-                           key=jax.random.key(2), gradient=g, progress=False) for g in train.GRADIENTS}
+    runs = {
+        g: train.train(
+            model,
+            params,
+            optax.adam(1e-2),
+            toy_data,
+            epochs=3,
+            batch_size=16,
+            key=jax.random.key(2),
+            gradient=g,
+            progress=False,
+        )
+        for g in train.GRADIENTS
+    }
     for g in ("twins", "backprop"):
         for a, b in zip(jax.tree.leaves(runs[g].params), jax.tree.leaves(runs["rules"].params)):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -196,8 +250,9 @@ def test_dropout_gets_a_fresh_key_every_step(toy_data):
 def test_resume_without_a_checkpoint_path_is_refused(toy_data):
     model, params = _setup(toy_data)
     with pytest.raises(ValueError, match=r"train: resume=True needs checkpoint_path"):
-        train.train(model, params, optax.adam(1e-2), toy_data, epochs=1, key=jax.random.key(0), resume=True,
-                    progress=False)
+        train.train(
+            model, params, optax.adam(1e-2), toy_data, epochs=1, key=jax.random.key(0), resume=True, progress=False
+        )
 
 
 def _with(ds, **arrays):
@@ -208,19 +263,29 @@ def _on_device(ds):
     return _with(ds, **{k: getattr(ds, k) for k in ("x_train", "y_train", "x_test", "y_test")})
 
 
-@pytest.mark.parametrize("change, pattern", [
-    (lambda d: {"y_train": d.y_train.at[3].set(7)},
-     r"train: y_train must hold class ids in \[0, 2\); 1 entries do not, the first 7 at index \(3,\); the model has 2"),
-    (lambda d: {"y_train": -jnp.ones_like(d.y_train)}, r"y_train must hold class ids in \[0, 2\); 150 entries"),
-    (lambda d: {"y_test": d.y_test.at[0].set(2)}, r"y_test must hold class ids in \[0, 2\)"),
-    (lambda d: {"x_train": d.x_train.at[5, 1].set(jnp.nan)},
-     r"x_train must hold finite values; 1 entries do not, the first nan at index \(5, 1\)"),
-    (lambda d: {"x_test": d.x_test.at[0, 0].set(jnp.inf)}, r"x_test must hold finite values"),
-    (lambda d: {"y_train": jax.nn.one_hot(d.y_train, 2).at[0, 0].set(-0.5)},
-     r"y_train must hold finite values in \[0, inf\]; 1 entries do not, the first -0.5"),
-    (lambda d: {"y_train": d.y_train[:-1]}, r"x_train has \(150,\) examples but y_train has \(149,\)"),
-    (lambda d: {"x_train": d.x_train[:0], "y_train": d.y_train[:0]}, r"the training set is empty"),
-], ids=["label-7", "labels--1", "test-label", "nan-x", "inf-x-test", "negative-probability", "lengths", "empty"])
+@pytest.mark.parametrize(
+    "change, pattern",
+    [
+        (
+            lambda d: {"y_train": d.y_train.at[3].set(7)},
+            r"train: y_train must hold class ids in \[0, 2\); 1 entries do not, the first 7 at index \(3,\); the model has 2",
+        ),
+        (lambda d: {"y_train": -jnp.ones_like(d.y_train)}, r"y_train must hold class ids in \[0, 2\); 150 entries"),
+        (lambda d: {"y_test": d.y_test.at[0].set(2)}, r"y_test must hold class ids in \[0, 2\)"),
+        (
+            lambda d: {"x_train": d.x_train.at[5, 1].set(jnp.nan)},
+            r"x_train must hold finite values; 1 entries do not, the first nan at index \(5, 1\)",
+        ),
+        (lambda d: {"x_test": d.x_test.at[0, 0].set(jnp.inf)}, r"x_test must hold finite values"),
+        (
+            lambda d: {"y_train": jax.nn.one_hot(d.y_train, 2).at[0, 0].set(-0.5)},
+            r"y_train must hold finite values in \[0, inf\]; 1 entries do not, the first -0.5",
+        ),
+        (lambda d: {"y_train": d.y_train[:-1]}, r"x_train has \(150,\) examples but y_train has \(149,\)"),
+        (lambda d: {"x_train": d.x_train[:0], "y_train": d.y_train[:0]}, r"the training set is empty"),
+    ],
+    ids=["label-7", "labels--1", "test-label", "nan-x", "inf-x-test", "negative-probability", "lengths", "empty"],
+)
 def test_the_data_is_checked_once_before_training(toy_data, change, pattern):
     model, params = _setup(toy_data)
     bad = _with(toy_data, **change(_on_device(toy_data)))
@@ -235,8 +300,16 @@ def test_binary_targets_outside_0_1_are_refused(toy_data):
     y = toy_data.y_train.astype(jnp.float32)[:, None].at[2, 0].set(2.0)
     ds = _with(toy_data, y_train=y, y_test=toy_data.y_test.astype(jnp.float32)[:, None])
     with pytest.raises(ValueError, match=r"y_train must hold finite values in \[0, 1\]; 1 entries do not, the first 2"):
-        train.train(model, params, optax.sgd(0.1), ds, epochs=1, key=jax.random.key(0), progress=False,
-                    loss=fp.sigmoid_binary_cross_entropy)
+        train.train(
+            model,
+            params,
+            optax.sgd(0.1),
+            ds,
+            epochs=1,
+            key=jax.random.key(0),
+            progress=False,
+            loss=fp.sigmoid_binary_cross_entropy,
+        )
 
 
 def test_an_empty_test_set_trains_and_records_no_test_metrics(toy_data):
@@ -275,7 +348,7 @@ def test_the_parts_of_train_used_alone_reach_train_s_parameters(toy_data, tmp_pa
         saver.save(state, [log.record(row)])
     state, history = saver.restore(train.init_state(params, optimizer, jax.random.key(9)))
     assert int(state.epoch) == 2 and [r["epoch"] for r in history] == [2]
-    for state, row in train.run_epochs(epoch, evaluate, state, toy_data, 3):
+    for state, row in train.run_epochs(epoch, evaluate, state, toy_data, 3):  # noqa: B007  (state is read after the loop)
         assert row["train_loss"] == whole.history[2]["train_loss"]
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(whole.params)):
         np.testing.assert_array_equal(a, b)

@@ -33,8 +33,9 @@ def test_an_unchecked_jaxlib_gets_no_flag(monkeypatch):
 def _in_effect(**env) -> str:
     code = "import funcprop; print(funcprop.xla_flags.conv_flag_in_effect())"
     clean = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "FUNCPROP_XLA_FLAGS")}
-    result = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
-                            timeout=120, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True, timeout=120, check=True
+    )
     return result.stdout.strip()
 
 
@@ -46,9 +47,11 @@ def test_the_flag_takes_effect_in_a_fresh_process():
 
 
 def test_the_compilation_cache_keeps_programs(tmp_path):
-    code = ("import jax, jax.numpy as jnp, funcprop, sys; "
-            "funcprop.xla_flags.enable_compilation_cache(sys.argv[1]); "
-            "jax.jit(lambda x: jnp.sin(x) * 2)(jnp.ones(3)).block_until_ready()")
+    code = (
+        "import jax, jax.numpy as jnp, funcprop, sys; "
+        "funcprop.xla_flags.enable_compilation_cache(sys.argv[1]); "
+        "jax.jit(lambda x: jnp.sin(x) * 2)(jnp.ones(3)).block_until_ready()"
+    )
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "cache")], capture_output=True, timeout=120, check=True)
     assert any((tmp_path / "cache").iterdir())
 

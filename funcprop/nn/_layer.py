@@ -12,7 +12,8 @@ works through it, and backprop refuses it by name.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -64,11 +65,13 @@ def _check_shape(fn: str, shape) -> tuple:
     if isinstance(shape, (tuple, list)) and shape and all(isinstance(s, (tuple, list)) for s in shape):
         return tuple(_check_shape(fn, s) for s in shape)
     ok = isinstance(shape, (tuple, list)) and all(
-        isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in shape)
+        isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in shape
+    )
     if not ok:
         example = f"({shape},)" if isinstance(shape, int) and not isinstance(shape, bool) else "(784,) or (28, 28, 1)"
-        raise TypeError(f"{fn}: input_shape must be one example's shape, a tuple of ints >= 0, got {shape!r}; "
-                        f"pass e.g. {example}")
+        raise TypeError(
+            f"{fn}: input_shape must be one example's shape, a tuple of ints >= 0, got {shape!r}; pass e.g. {example}"
+        )
     return tuple(int(d) for d in shape)
 
 
@@ -77,8 +80,11 @@ def check_key(fn: str, key):
     typed = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ()
     raw = isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)
     if not (typed or raw):
-        got = (f"an array of dtype {key.dtype} and shape {key.shape}" if isinstance(key, jax.Array)
-               else f"{type(key).__name__} {key!r}")
+        got = (
+            f"an array of dtype {key.dtype} and shape {key.shape}"
+            if isinstance(key, jax.Array)
+            else f"{type(key).__name__} {key!r}"
+        )
         raise TypeError(f"{fn}: key must be one PRNG key, got {got}; pass jax.random.key(seed)")
     return key
 

@@ -20,7 +20,7 @@ both ``run`` with a different function at the leaves, and
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -54,8 +54,10 @@ def check_params(name: str, params, n: int) -> None:
     """ValueError unless params is a tuple or list of n entries (a combinator's)."""
     if not isinstance(params, (tuple, list)) or len(params) != n:
         got = f"{len(params)} entries" if isinstance(params, (tuple, list)) else type(params).__name__
-        raise ValueError(f"{name}: params must be a tuple of {n} layer params, got {got}; pass the params "
-                         f"that this model's init returned")
+        raise ValueError(
+            f"{name}: params must be a tuple of {n} layer params, got {got}; pass the params "
+            f"that this model's init returned"
+        )
 
 
 def add_cotangents(cotangents):
@@ -75,10 +77,14 @@ def check_tuple_input(name: str, x, n: int | None) -> None:
 
 def check_shapes_tuple(name: str, input_shape) -> None:
     """ValueError unless a fan-in's input_shape is a non-empty tuple of shapes."""
-    if not (isinstance(input_shape, (tuple, list)) and input_shape
-            and all(isinstance(s, (tuple, list)) for s in input_shape)):
-        raise ValueError(f"{name}: input_shape must be a tuple of shapes (put FanOut and parallel before it), "
-                         f"got {input_shape}")
+    if not (
+        isinstance(input_shape, (tuple, list))
+        and input_shape
+        and all(isinstance(s, (tuple, list)) for s in input_shape)
+    ):
+        raise ValueError(
+            f"{name}: input_shape must be a tuple of shapes (put FanOut and parallel before it), got {input_shape}"
+        )
 
 
 def same_arrays(name: str, what: str, arrays) -> None:
@@ -90,19 +96,25 @@ def same_arrays(name: str, what: str, arrays) -> None:
         raise ValueError(f"{name}: {what} must share one shape, got {shapes}")
     dtypes = [jnp.result_type(a) for a in arrays]
     if len(set(dtypes)) != 1:
-        raise TypeError(f"{name}: {what} must share one dtype, got {[str(d) for d in dtypes]}; funcprop never "
-                        f"promotes silently: give the layers one computation dtype (dtype=)")
+        raise TypeError(
+            f"{name}: {what} must share one dtype, got {[str(d) for d in dtypes]}; funcprop never "
+            f"promotes silently: give the layers one computation dtype (dtype=)"
+        )
 
 
 def residual_sum(name: str, x, y):
     """``x + y`` for a residual, or an error naming it if the block changed the shape
     (its params do not match its init) or the dtype of its input."""
     if jnp.shape(x) != jnp.shape(y):
-        raise ValueError(f"{name}: the block maps {jnp.shape(x)} to {jnp.shape(y)}; a residual block must keep "
-                         f"the shape (do the params match the ones its init gave?)")
+        raise ValueError(
+            f"{name}: the block maps {jnp.shape(x)} to {jnp.shape(y)}; a residual block must keep "
+            f"the shape (do the params match the ones its init gave?)"
+        )
     if jnp.result_type(x) != jnp.result_type(y):
-        raise TypeError(f"{name}: the block maps {jnp.result_type(x)} to {jnp.result_type(y)}; funcprop never "
-                        f"promotes silently: give the block and the layers before it one computation dtype (dtype=)")
+        raise TypeError(
+            f"{name}: the block maps {jnp.result_type(x)} to {jnp.result_type(y)}; funcprop never "
+            f"promotes silently: give the block and the layers before it one computation dtype (dtype=)"
+        )
     return x + y
 
 
@@ -193,11 +205,14 @@ def parallel(*layers: Layer) -> Layer:
     name = f"parallel[{len(layers)}]"
 
     def init(key, input_shape):
-        if not isinstance(input_shape, (tuple, list)) or len(input_shape) != len(layers) or not all(
-            isinstance(s, (tuple, list)) for s in input_shape
+        if (
+            not isinstance(input_shape, (tuple, list))
+            or len(input_shape) != len(layers)
+            or not all(isinstance(s, (tuple, list)) for s in input_shape)
         ):
-            raise ValueError(f"{name}: input_shape must be a tuple of {len(layers)} shapes (put FanOut "
-                             f"before it), got {input_shape}")
+            raise ValueError(
+                f"{name}: input_shape must be a tuple of {len(layers)} shapes (put FanOut before it), got {input_shape}"
+            )
         shapes, params = [], []
         for i, (layer, shape, k) in enumerate(zip(layers, input_shape, split_key(key, len(layers)))):
             with located("parallel", i, layer):
@@ -309,8 +324,10 @@ def FanInConcat(axis: int = -1) -> Layer:
         check_tuple_input(name, x, None)
         dtypes = {jnp.result_type(a) for a in x}
         if len(dtypes) != 1:
-            raise TypeError(f"{name}: the inputs must share one dtype, got {sorted(map(str, dtypes))}; funcprop "
-                            f"never promotes silently: give the branches one computation dtype (dtype=)")
+            raise TypeError(
+                f"{name}: the inputs must share one dtype, got {sorted(map(str, dtypes))}; funcprop "
+                f"never promotes silently: give the branches one computation dtype (dtype=)"
+            )
         return jnp.concatenate(x, axis=batched)
 
     def fwd(params, x, key):

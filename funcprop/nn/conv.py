@@ -12,7 +12,7 @@ from funcprop.nn._layer import Layer, leaf
 from funcprop.nn.factory import from_rule, layer_dtypes
 from funcprop.nn.init import initializer
 from funcprop.rules._core import positive_int
-from funcprop.rules._spatial import pair, padding_spec
+from funcprop.rules._spatial import padding_spec, pair
 from funcprop.rules.conv import conv2d
 from funcprop.rules.pool import avg_pool2d, max_pool2d
 
@@ -24,8 +24,18 @@ class ConvParams(NamedTuple):
     bias: jax.Array  # (c_out,)
 
 
-def Conv2D(c_out: int, kernel_size, *, stride=1, padding="VALID", dilation=1, w_init="he_normal",
-           b_init="zeros", dtype=None, param_dtype=jnp.float32) -> Layer:
+def Conv2D(
+    c_out: int,
+    kernel_size,
+    *,
+    stride=1,
+    padding="VALID",
+    dilation=1,
+    w_init="he_normal",
+    b_init="zeros",
+    dtype=None,
+    param_dtype=jnp.float32,
+) -> Layer:
     """2-D convolution layer over NHWC examples ``(H, W, C_in)``; see :func:`funcprop.conv2d`.
 
     Args:
@@ -49,11 +59,19 @@ def Conv2D(c_out: int, kernel_size, *, stride=1, padding="VALID", dilation=1, w_
         if len(input_shape) != 3:
             raise ValueError(f"{name}: input_shape must be one example (H, W, C_in), got {input_shape}")
         k_w, k_b = jax.random.split(key)
-        return ConvParams(w_init(k_w, (*window, input_shape[2], c_out), param_dtype),
-                          b_init(k_b, (c_out,), param_dtype))
+        return ConvParams(
+            w_init(k_w, (*window, input_shape[2], c_out), param_dtype), b_init(k_b, (c_out,), param_dtype)
+        )
 
-    return from_rule(name, conv2d.vjp_rule, make_params, static=(stride, padding, dilation), dtype=dtype,
-                     param_dtype=param_dtype, input_rank=4)
+    return from_rule(
+        name,
+        conv2d.vjp_rule,
+        make_params,
+        static=(stride, padding, dilation),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        input_rank=4,
+    )
 
 
 def _pool_layer(kind: str, rule, window, stride, padding, *options, dtype=None) -> Layer:
@@ -62,8 +80,13 @@ def _pool_layer(kind: str, rule, window, stride, padding, *options, dtype=None) 
     padding = padding_spec(kind, padding)
     padded = "" if padding == "VALID" else f", {padding}"
     name = f"{kind}({window[0]}x{window[1]}, stride {stride[0]}x{stride[1]}{padded})"
-    return from_rule(name, rule.vjp_rule, static=(window, stride, padding, *options),
-                     dtype=layer_dtypes(name, dtype, None)[0], input_rank=4)
+    return from_rule(
+        name,
+        rule.vjp_rule,
+        static=(window, stride, padding, *options),
+        dtype=layer_dtypes(name, dtype, None)[0],
+        input_rank=4,
+    )
 
 
 def MaxPool2D(window, stride=None, padding="VALID", *, dtype=None) -> Layer:
@@ -93,8 +116,9 @@ def Flatten() -> Layer:
     def apply(params, x, *, key=None):
         del params, key
         if jnp.ndim(x) < 2:
-            raise ValueError(f"Flatten: input must be a batch (B, ...), got shape {jnp.shape(x)}; "
-                             f"add a batch axis with x[None]")
+            raise ValueError(
+                f"Flatten: input must be a batch (B, ...), got shape {jnp.shape(x)}; add a batch axis with x[None]"
+            )
         return x.reshape(x.shape[0], -1)
 
     def fwd(params, x, key):

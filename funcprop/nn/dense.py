@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -10,8 +11,8 @@ import jax.numpy as jnp
 from funcprop.nn._layer import Layer
 from funcprop.nn.factory import from_rule, layer_dtypes
 from funcprop.nn.init import initializer
-from funcprop.rules._core import positive_int
 from funcprop.rules import activations
+from funcprop.rules._core import positive_int
 from funcprop.rules.linear import dense
 
 

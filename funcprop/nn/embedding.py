@@ -19,8 +19,7 @@ class EmbeddingParams(NamedTuple):
     table: jax.Array  # (num_embeddings, features)
 
 
-def Embedding(num_embeddings: int, features: int, *, stddev: float = 1.0, dtype=None,
-              param_dtype=jnp.float32) -> Layer:
+def Embedding(num_embeddings: int, features: int, *, stddev: float = 1.0, dtype=None, param_dtype=jnp.float32) -> Layer:
     """Integer ids ``(B, ...)`` to rows ``(B, ..., features)`` of a learned table; see
     :func:`funcprop.embedding`. Ids outside ``[0, num_embeddings)`` give zero rows and
     no gradient. The table starts as N(0, stddev²)."""
@@ -33,5 +32,4 @@ def Embedding(num_embeddings: int, features: int, *, stddev: float = 1.0, dtype=
     def make_params(key, input_shape, param_dtype):
         return EmbeddingParams(stddev * jax.random.normal(key, (num_embeddings, features), param_dtype))
 
-    return from_rule(name, embedding.vjp_rule, make_params, dtype=dtype, param_dtype=param_dtype,
-                     input_dtype=jnp.int32)
+    return from_rule(name, embedding.vjp_rule, make_params, dtype=dtype, param_dtype=param_dtype, input_dtype=jnp.int32)

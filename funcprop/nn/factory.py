@@ -18,7 +18,7 @@ The dtype policy (DESIGN §7), one place for every path:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -118,14 +118,17 @@ def from_rule(
                 made = jax.eval_shape(lambda: make_params(jax.random.key(0), shape, param_dtype))
             except (ValueError, TypeError):  # x itself is wrong: the rule's prepare says how
                 return
-            expected_shapes[shape] = [(jax.tree_util.keystr(p), s.shape)
-                                      for p, s in jax.tree_util.tree_leaves_with_path(made)]
+            expected_shapes[shape] = [
+                (jax.tree_util.keystr(p), s.shape) for p, s in jax.tree_util.tree_leaves_with_path(made)
+            ]
         want = expected_shapes[shape]
         got = [tuple(jnp.shape(leaf)) for leaf in jax.tree.leaves(params)]
         if len(got) != len(want) or (not count_only and any(g != w for g, (_, w) in zip(got, want))):
             listed = ", ".join(f"{p or 'params'} {w}" for p, w in want)
-            raise ValueError(f"{name}: params do not fit this layer on inputs of shape {shape}: expected "
-                             f"{listed}, got shapes {got}; pass the params that this layer's init returned")
+            raise ValueError(
+                f"{name}: params do not fit this layer on inputs of shape {shape}: expected "
+                f"{listed}, got shapes {got}; pass the params that this layer's init returned"
+            )
 
     def args(params, x):
         if make_params is not None:
@@ -139,8 +142,10 @@ def from_rule(
     def init(key, input_shape):
         input_shape = tuple(input_shape)
         if make_params is not None and float_input and 0 in input_shape:
-            raise ValueError(f"{name}: input_shape {input_shape} has an empty axis, so the layer would have no "
-                             f"inputs to weigh; give every axis of an example at least one element")
+            raise ValueError(
+                f"{name}: input_shape {input_shape} has an empty axis, so the layer would have no "
+                f"inputs to weigh; give every axis of an example at least one element"
+            )
         params = () if make_params is None else make_params(key, input_shape, param_dtype)
         spec = jax.ShapeDtypeStruct((1, *input_shape), input_dtype or dtype or param_dtype)
         out = jax.eval_shape(lambda p, x: rule.twin(*args(p, x)), params, spec)

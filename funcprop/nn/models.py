@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 
 from funcprop.nn._layer import Layer
 from funcprop.nn.compose import FanInSum, FanOut, parallel, residual, serial
 from funcprop.nn.conv import Conv2D, Flatten, MaxPool2D
-from funcprop.nn.dense import DEFAULT_W_INIT, ACTIVATIONS, Dense, Relu
+from funcprop.nn.dense import ACTIVATIONS, DEFAULT_W_INIT, Dense, Relu
 from funcprop.nn.dropout import Dropout
 from funcprop.nn.norm import LayerNorm
 from funcprop.rules._core import positive_int
@@ -80,11 +80,19 @@ def resmlp(
     act = ACTIVATIONS[activation]
 
     def block():
-        return residual(serial(LayerNorm(**kw), Dense(width, w_init=w_init, **kw), act(dtype=dtype),
-                               Dense(width, w_init=w_init, **kw)))
+        return residual(
+            serial(
+                LayerNorm(**kw), Dense(width, w_init=w_init, **kw), act(dtype=dtype), Dense(width, w_init=w_init, **kw)
+            )
+        )
 
-    return serial(Dense(width, w_init=w_init, **kw), *[block() for _ in range(depth)], LayerNorm(**kw),
-                  act(dtype=dtype), Dense(num_classes, w_init=w_init, **kw))
+    return serial(
+        Dense(width, w_init=w_init, **kw),
+        *[block() for _ in range(depth)],
+        LayerNorm(**kw),
+        act(dtype=dtype),
+        Dense(num_classes, w_init=w_init, **kw),
+    )
 
 
 def resnet(
@@ -120,8 +128,14 @@ def resnet(
 
     channels = [positive_int("resnet", "channels", c) for c in channels]
     layers = [conv(channels[0]), Relu(dtype=dtype)] + [block(c) for c in channels[1:]]
-    layers += [MaxPool2D(pool, dtype=dtype), Flatten(), Dense(hidden, w_init="he_normal", **kw), Relu(dtype=dtype),
-               Dropout(dropout), Dense(num_classes, w_init="he_normal", **kw)]
+    layers += [
+        MaxPool2D(pool, dtype=dtype),
+        Flatten(),
+        Dense(hidden, w_init="he_normal", **kw),
+        Relu(dtype=dtype),
+        Dropout(dropout),
+        Dense(num_classes, w_init="he_normal", **kw),
+    ]
     return serial(*layers)
 
 
@@ -142,8 +156,13 @@ def cnn(
     layers = []
     for c in channels:
         layers += [Conv2D(c, kernel_size, padding="SAME", **kw), Relu(dtype=dtype)]
-    layers += [MaxPool2D(pool, dtype=dtype), Flatten(), Dense(hidden, w_init="he_normal", **kw), Relu(dtype=dtype),
-               Dense(num_classes, w_init="he_normal", **kw)]
+    layers += [
+        MaxPool2D(pool, dtype=dtype),
+        Flatten(),
+        Dense(hidden, w_init="he_normal", **kw),
+        Relu(dtype=dtype),
+        Dense(num_classes, w_init="he_normal", **kw),
+    ]
     return serial(*layers)
 
 
@@ -162,8 +181,10 @@ def build(arch: str, example_shape, num_classes: int, hidden, activation: str):
     if arch == "resnet":
         return resnet(num_classes), "resnet"
     if arch == "resmlp":
-        return (resmlp(num_classes, width=hidden[0], depth=len(hidden), activation=activation),
-                f"resmlp width {hidden[0]} x {len(hidden)} blocks {activation}")
+        return (
+            resmlp(num_classes, width=hidden[0], depth=len(hidden), activation=activation),
+            f"resmlp width {hidden[0]} x {len(hidden)} blocks {activation}",
+        )
     if arch == "seed":
         sizes, activation = [example_shape[0], 4, 7, 3, num_classes], "sigmoid"
     else:

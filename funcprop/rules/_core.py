@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -170,8 +171,7 @@ def normalize_axis(fn: str, axis, ndim: int) -> int:
         raise TypeError(f"{fn}: axis must be a Python int, got {axis!r}")
     if not -ndim <= axis < ndim:
         raise ValueError(
-            f"{fn}: axis {axis} is out of range for an input of rank {ndim}; "
-            f"use an axis in [{-ndim}, {ndim - 1}]"
+            f"{fn}: axis {axis} is out of range for an input of rank {ndim}; use an axis in [{-ndim}, {ndim - 1}]"
         )
     return axis % ndim
 

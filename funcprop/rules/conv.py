@@ -37,7 +37,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from funcprop.rules._core import as_float_array, custom_rule, implements, require_same_dtype
-from funcprop.rules._spatial import check_fits, explicit_padding, pair, padding_spec
+from funcprop.rules._spatial import check_fits, explicit_padding, padding_spec, pair
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -83,7 +83,10 @@ def _conv2d_bwd(stride, padding, dilation, res, delta):
     k_bar = lax.conv_general_dilated(
         jnp.transpose(x, (3, 1, 2, 0)),  # (c_in, H, W, N)
         jnp.transpose(delta, (1, 2, 0, 3)),  # (H_out, W_out, N, c_out)
-        dilation, k_pad, rhs_dilation=stride, dimension_numbers=_NHWC,
+        dilation,
+        k_pad,
+        rhs_dilation=stride,
+        dimension_numbers=_NHWC,
     )  # (c_in, kh, kw, c_out)
     return x_bar, jnp.transpose(k_bar, (1, 2, 0, 3)), jnp.sum(delta, axis=(0, 1, 2))
 
@@ -101,16 +104,16 @@ def conv2d_args(x, kernel, bias, stride=1, padding="VALID", dilation=1):
     if x.ndim not in (3, 4):
         raise ValueError(f"{fn}: x must be NHWC (N, H, W, C_in) or one example (H, W, C_in), got shape {x.shape}")
     if kernel.ndim != 4 or 0 in kernel.shape[:2]:
-        raise ValueError(
-            f"{fn}: kernel must be HWIO (kh, kw, C_in, C_out) with kh, kw >= 1, got shape {kernel.shape}"
-        )
+        raise ValueError(f"{fn}: kernel must be HWIO (kh, kw, C_in, C_out) with kh, kw >= 1, got shape {kernel.shape}")
     if kernel.shape[2] != x.shape[-1]:
         raise ValueError(
             f"{fn}: x has {x.shape[-1]} channels (shape {x.shape}) but kernel has shape {kernel.shape}; "
             f"the kernel must be (kh, kw, {x.shape[-1]}, C_out)"
         )
     if bias.shape != (kernel.shape[3],):
-        raise ValueError(f"{fn}: bias has shape {bias.shape} but kernel has shape {kernel.shape}; bias must be ({kernel.shape[3]},)")
+        raise ValueError(
+            f"{fn}: bias has shape {bias.shape} but kernel has shape {kernel.shape}; bias must be ({kernel.shape[3]},)"
+        )
     require_same_dtype(fn, x=x, kernel=kernel, bias=bias)
     spatial = x.shape[-3:-1]
     stride, pads, dilation = conv_static(fn, spatial, kernel.shape[:2], stride, padding, dilation)

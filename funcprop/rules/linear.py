@@ -54,9 +54,7 @@ def dense_args(h, omega, beta):
             f"{h.shape}; pass features as h[..., None] or a vector"
         )
     if omega.ndim != 2:
-        raise ValueError(
-            f"dense: omega must be a matrix (n_out, n_in), got shape {omega.shape}"
-        )
+        raise ValueError(f"dense: omega must be a matrix (n_out, n_in), got shape {omega.shape}")
     n_out, n_in = omega.shape
     if h.shape[-1] != n_in:
         raise ValueError(
@@ -65,8 +63,7 @@ def dense_args(h, omega, beta):
         )
     if beta.shape != (n_out,):
         raise ValueError(
-            f"dense: beta has shape {beta.shape} but omega has shape {omega.shape}; "
-            f"beta must be ({n_out},)"
+            f"dense: beta has shape {beta.shape} but omega has shape {omega.shape}; beta must be ({n_out},)"
         )
     require_same_dtype("dense", h=h, omega=omega, beta=beta)
     return h, omega, beta

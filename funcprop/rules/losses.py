@@ -116,10 +116,7 @@ def _softmax_cross_entropy_args(logits, labels):
     logits = as_float_array(fn, "logits", logits)
     labels = jnp.asarray(labels)
     if logits.ndim < 1:
-        raise ValueError(
-            f"{fn}: logits must have a class axis (B, C) or (C,), got shape "
-            f"{logits.shape}"
-        )
+        raise ValueError(f"{fn}: logits must have a class axis (B, C) or (C,), got shape {logits.shape}")
     require_nonempty(fn, logits, -1, "class")
     require_some(fn, numel(logits.shape[:-1]), "example", logits.shape)
     if _is_int_array(labels):
@@ -146,7 +143,9 @@ def _softmax_cross_entropy_args(logits, labels):
 
 
 _SOFTMAX_CROSS_ENTROPY = custom_rule(
-    softmax_cross_entropy_twin, _softmax_cross_entropy_fwd, _softmax_cross_entropy_bwd,
+    softmax_cross_entropy_twin,
+    _softmax_cross_entropy_fwd,
+    _softmax_cross_entropy_bwd,
     prepare=_softmax_cross_entropy_args,
 )
 
@@ -201,8 +200,7 @@ def check_labels(labels, num_classes: int) -> np.ndarray:
     arr = np.asarray(labels)
     if not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(
-            f"check_labels: labels must be integer class ids, got dtype {arr.dtype}; "
-            f"cast with labels.astype(np.int32)"
+            f"check_labels: labels must be integer class ids, got dtype {arr.dtype}; cast with labels.astype(np.int32)"
         )
     bad = (arr < 0) | (arr >= num_classes)
     if bad.any():

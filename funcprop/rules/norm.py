@@ -63,8 +63,7 @@ def _feature_args(fn: str, x, eps, **params):
     for name, p in params.items():
         if p.shape != (d,):
             raise ValueError(
-                f"{fn}: {name} has shape {p.shape} but x has {d} features (x.shape = "
-                f"{x.shape}); {name} must be ({d},)"
+                f"{fn}: {name} has shape {p.shape} but x has {d} features (x.shape = {x.shape}); {name} must be ({d},)"
             )
     require_same_dtype(fn, x=x, **params)
     return (x, *params.values(), positive_float(fn, "eps", eps))

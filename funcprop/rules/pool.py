@@ -37,7 +37,9 @@ def _offsets(window):
 def _window_slice(x, i, j, out_hw, stride):
     """x[:, s·y + i, s·x + j, :] for every output (y, x): ``(N, H_out, W_out, C)``."""
     (ho, wo), (sh, sw) = out_hw, stride
-    return lax.slice(x, (0, i, j, 0), (x.shape[0], i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, x.shape[3]), (1, sh, sw, 1))
+    return lax.slice(
+        x, (0, i, j, 0), (x.shape[0], i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, x.shape[3]), (1, sh, sw, 1)
+    )
 
 
 def _scatter_to_input(v, i, j, in_hw, stride, pads):
@@ -45,8 +47,12 @@ def _scatter_to_input(v, i, j, in_hw, stride, pads):
     cut off: v at rows s·y + i − top, zeros elsewhere."""
     (h, w), (sh, sw), (ho, wo) = in_hw, stride, v.shape[1:3]
     (top, bottom), (left, right) = pads
-    cfg = [(0, 0, 0), (i - top, h + top - i - sh * (ho - 1) - 1, sh - 1),
-           (j - left, w + left - j - sw * (wo - 1) - 1, sw - 1), (0, 0, 0)]
+    cfg = [
+        (0, 0, 0),
+        (i - top, h + top - i - sh * (ho - 1) - 1, sh - 1),
+        (j - left, w + left - j - sw * (wo - 1) - 1, sw - 1),
+        (0, 0, 0),
+    ]
     return lax.pad(v, jnp.zeros((), v.dtype), cfg)
 
 
@@ -121,8 +127,9 @@ def _max_pool2d_args(x, window, stride=None, padding="VALID"):
     return pool_args("max_pool2d", x, window, stride, padding)
 
 
-_MAX_POOL2D = custom_rule(max_pool2d_twin, _max_pool2d_fwd, _max_pool2d_bwd, nondiff_argnums=(1, 2, 3),
-                          prepare=_max_pool2d_args)
+_MAX_POOL2D = custom_rule(
+    max_pool2d_twin, _max_pool2d_fwd, _max_pool2d_bwd, nondiff_argnums=(1, 2, 3), prepare=_max_pool2d_args
+)
 
 
 # --- avg_pool2d ----------------------------------------------------------------------
@@ -165,8 +172,9 @@ def _avg_pool2d_args(x, window, stride=None, padding="VALID", count_include_pad=
     return (*pool_args("avg_pool2d", x, window, stride, padding), count_include_pad)
 
 
-_AVG_POOL2D = custom_rule(avg_pool2d_twin, _avg_pool2d_fwd, _avg_pool2d_bwd, nondiff_argnums=(1, 2, 3, 4),
-                          prepare=_avg_pool2d_args)
+_AVG_POOL2D = custom_rule(
+    avg_pool2d_twin, _avg_pool2d_fwd, _avg_pool2d_bwd, nondiff_argnums=(1, 2, 3, 4), prepare=_avg_pool2d_args
+)
 
 
 # --- the public wrappers ------------------------------------------------------------------

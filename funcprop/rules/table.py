@@ -10,7 +10,8 @@ the static arguments (an axis, a slope), passed by name to the rule and its twin
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -136,7 +137,9 @@ RULES: tuple[RuleCase, ...] = (
     # conv2d: strides 1 and 2, VALID / SAME / explicit padding, odd sizes, c_in ≠ c_out,
     # a non-square kernel, batch 1, one example
     RuleCase("conv2d", conv2d, _normal((2, 7, 5, 3), (3, 3, 3, 4), (4,))),
-    RuleCase("conv2d/stride=2,SAME", conv2d, _normal((2, 7, 6, 3), (3, 3, 3, 4), (4,)), {"stride": 2, "padding": "SAME"}),
+    RuleCase(
+        "conv2d/stride=2,SAME", conv2d, _normal((2, 7, 6, 3), (3, 3, 3, 4), (4,)), {"stride": 2, "padding": "SAME"}
+    ),
     RuleCase(
         "conv2d/stride=(2,1),explicit",
         conv2d,
@@ -147,11 +150,19 @@ RULES: tuple[RuleCase, ...] = (
     RuleCase("conv2d/one-example", conv2d, _normal((6, 5, 2), (3, 3, 2, 3), (3,)), {"padding": "SAME"}),
     # padding as one int and as a pair per axis (PyTorch's and Flax's forms); dilation
     RuleCase("conv2d/padding=1", conv2d, _normal((2, 5, 6, 2), (3, 3, 2, 3), (3,)), {"padding": 1}),
-    RuleCase("conv2d/padding=(2,1),stride=2", conv2d, _normal((2, 6, 5, 2), (3, 2, 2, 3), (3,)),
-             {"padding": (2, 1), "stride": 2}),
+    RuleCase(
+        "conv2d/padding=(2,1),stride=2",
+        conv2d,
+        _normal((2, 6, 5, 2), (3, 2, 2, 3), (3,)),
+        {"padding": (2, 1), "stride": 2},
+    ),
     RuleCase("conv2d/dilation=2", conv2d, _normal((2, 8, 7, 2), (3, 2, 2, 3), (3,)), {"dilation": 2}),
-    RuleCase("conv2d/dilation=(2,1),stride=2,SAME", conv2d, _normal((2, 9, 7, 2), (3, 3, 2, 4), (4,)),
-             {"dilation": (2, 1), "stride": 2, "padding": "SAME"}),
+    RuleCase(
+        "conv2d/dilation=(2,1),stride=2,SAME",
+        conv2d,
+        _normal((2, 9, 7, 2), (3, 3, 2, 4), (4,)),
+        {"dilation": (2, 1), "stride": 2, "padding": "SAME"},
+    ),
     RuleCase("max_pool2d", max_pool2d, _normal((2, 6, 6, 3)), {"window": 2}),
     RuleCase("max_pool2d/odd,overlap", max_pool2d, _normal((2, 7, 5, 2)), {"window": (3, 2), "stride": (2, 1)}),
     RuleCase("max_pool2d/one-example", max_pool2d, _normal((5, 5, 2)), {"window": 2}),
@@ -160,8 +171,12 @@ RULES: tuple[RuleCase, ...] = (
     RuleCase("avg_pool2d", avg_pool2d, _normal((2, 6, 6, 3)), {"window": 2}),
     RuleCase("avg_pool2d/odd,overlap", avg_pool2d, _normal((1, 7, 5, 2)), {"window": (3, 2), "stride": (2, 1)}),
     RuleCase("avg_pool2d/padding=1", avg_pool2d, _normal((2, 6, 5, 2)), {"window": 3, "stride": 2, "padding": 1}),
-    RuleCase("avg_pool2d/SAME,exclude-pad", avg_pool2d, _normal((2, 5, 7, 2)),
-             {"window": 3, "stride": 2, "padding": "SAME", "count_include_pad": False}),
+    RuleCase(
+        "avg_pool2d/SAME,exclude-pad",
+        avg_pool2d,
+        _normal((2, 5, 7, 2)),
+        {"window": 3, "stride": 2, "padding": "SAME", "count_include_pad": False},
+    ),
     RuleCase("layer_norm", layer_norm, _normal((4, 6), (6,), (6,))),
     RuleCase("layer_norm/leading-axes,eps=0.1", layer_norm, _normal((2, 3, 5), (5,), (5,)), {"eps": 0.1}),
     RuleCase("layer_norm/one-example", layer_norm, _normal((7,), (7,), (7,))),

@@ -123,10 +123,10 @@ def mismatched_shapes(shape, *, max_rank: int = 5, max_side: int = 4) -> st.Sear
             return shape[:at] + (side,) + shape[at:]
         at = draw(st.integers(0, len(shape) - 1))
         if kind == "remove":
-            return shape[:at] + shape[at + 1:]
+            return shape[:at] + shape[at + 1 :]
         n = shape[at]
         side = draw(st.sampled_from(sorted({0, 1, n + 1, max(n - 1, 0)} - {n})))
-        return shape[:at] + (side,) + shape[at + 1:]
+        return shape[:at] + (side,) + shape[at + 1 :]
 
     return edit()
 
@@ -150,8 +150,22 @@ def special_values(dtype) -> tuple:
         return tuple(complex(v, 0) for v in real) + tuple(complex(0, v) for v in real[2:]) + (complex("nan+nanj"),)
     info = jnp.finfo(dtype)
     biggest, huge = float(info.max), min(HUGE, float(info.max))
-    return (0.0, -0.0, 1.0, -1.0, huge, -huge, biggest, -biggest, float(info.tiny),
-            float(info.smallest_subnormal), -float(info.smallest_subnormal), np.inf, -np.inf, np.nan)
+    return (
+        0.0,
+        -0.0,
+        1.0,
+        -1.0,
+        huge,
+        -huge,
+        biggest,
+        -biggest,
+        float(info.tiny),
+        float(info.smallest_subnormal),
+        -float(info.smallest_subnormal),
+        np.inf,
+        -np.inf,
+        np.nan,
+    )
 
 
 def elements(dtype, kind: str = "adversarial") -> st.SearchStrategy:
@@ -191,7 +205,8 @@ def _carrier(dtype: np.dtype) -> np.dtype:
     """The NumPy dtype Hypothesis fills an array in before the cast to ``dtype``
     (bfloat16 is not a dtype Hypothesis knows)."""
     return {"b": np.dtype(bool), "i": np.dtype(np.int64), "u": np.dtype(np.int64), "c": np.dtype(np.complex128)}.get(
-        dtype.kind, np.dtype(np.float64))
+        dtype.kind, np.dtype(np.float64)
+    )
 
 
 def _normal(rng: np.random.Generator, dtype: np.dtype, shape) -> np.ndarray:
@@ -237,7 +252,9 @@ def arrays(dtype=None, shape=None, *, elements="normal") -> st.SearchStrategy[ja
         raise ValueError(
             f"arrays: elements must be 'normal', 'moderate', 'finite', 'adversarial' or a strategy, got {elements!r}"
         )
-    dtype_st = dtype if isinstance(dtype, st.SearchStrategy) else dtypes() if dtype is None else st.just(np.dtype(dtype))
+    dtype_st = (
+        dtype if isinstance(dtype, st.SearchStrategy) else dtypes() if dtype is None else st.just(np.dtype(dtype))
+    )
     shape_st = shape if isinstance(shape, st.SearchStrategy) else shapes() if shape is None else st.just(tuple(shape))
 
     @st.composite
