@@ -72,7 +72,7 @@ def is_float(x) -> bool:
 
 def is_loss(rule) -> bool:
     """A rule of ``rules/losses.py``: DESIGN §7 has it return float32 at least."""
-    return rule.__module__ == "funcprop.rules.losses"
+    return rule.__module__ in ("funcprop.rules.losses", "funcprop.rules.lm_head")
 
 
 # --- comparison ------------------------------------------------------------------------
@@ -267,6 +267,13 @@ def dtype_cases(draw, rows):
 
 VALUE_DRAWS = 3  # value sets per drawn row and dtype: one compilation, three checks
 
+# attention's scores are sums of products of q and k: one huge or infinite entry makes
+# ±∞ scores, where 0 · ∞ and ∞ − ∞ are resolved differently from one compilation to the
+# next (the jitted twin's NaN pattern differed from the eager twin's on 86 of 300 such
+# draws), so the reference has no stable answer to compare with. Attention is fuzzed on
+# finite values of moderate size; test_attention.py tests its NaN propagation directly.
+VALUE_ELEMENTS = {"attention": "moderate"}
+
 
 @st.composite
 def value_cases(draw, rows):
@@ -274,10 +281,11 @@ def value_cases(draw, rows):
     args = EXAMPLES[case.name]
     dtype = draw(fst.float_dtypes())
     event(f"value: {dtype}")
+    kind = VALUE_ELEMENTS.get(case.rule.__name__, "adversarial")
     return (
         case.rule,
         [
-            tuple(_array_like(draw, a, a.shape, dtype if is_float(a) else None, "adversarial") for a in args)
+            tuple(_array_like(draw, a, a.shape, dtype if is_float(a) else None, kind) for a in args)
             for _ in range(VALUE_DRAWS)
         ],
         case.kwargs,

@@ -2,10 +2,12 @@
 
 from funcprop.rules._core import VJPRule
 from funcprop.rules.activations import gelu, leaky_relu, relu, sigmoid, softplus, tanh
+from funcprop.rules.attention import attention
 from funcprop.rules.conv import conv2d
 from funcprop.rules.dropout import dropout
 from funcprop.rules.embedding import embedding
 from funcprop.rules.linear import dense
+from funcprop.rules.lm_head import linear_cross_entropy
 from funcprop.rules.losses import (
     check_labels,
     mse,
@@ -18,6 +20,7 @@ from funcprop.rules.softmax import log_softmax, softmax
 
 __all__ = [
     "VJPRule",
+    "attention",
     "avg_pool2d",
     "conv2d",
     "max_pool2d",
@@ -28,6 +31,7 @@ __all__ = [
     "gelu",
     "layer_norm",
     "leaky_relu",
+    "linear_cross_entropy",
     "log_softmax",
     "mse",
     "relu",

@@ -54,9 +54,14 @@ class VJPRule(NamedTuple):
         return tuple(args[i] for i in self.nondiff_argnums)
 
 
-def custom_rule(twin, fwd, bwd, *, prepare=None, nondiff_argnums=()) -> VJPRule:
-    """Make ``jax.custom_vjp(twin)`` with the hand-written ``fwd``/``bwd``."""
-    core = jax.custom_vjp(twin, nondiff_argnums=nondiff_argnums)
+def custom_rule(twin, fwd, bwd, *, prepare=None, nondiff_argnums=(), primal=None) -> VJPRule:
+    """Make ``jax.custom_vjp(twin)`` with the hand-written ``fwd``/``bwd``.
+
+    ``primal`` is what the rule computes when it is not differentiated (inference);
+    the twin by default. A rule whose twin is the naive O(N²) formula (attention, the
+    fused LM head) passes its blocked forward, ``primal = lambda *a: fwd(*a)[0]``.
+    """
+    core = jax.custom_vjp(primal or twin, nondiff_argnums=nondiff_argnums)
     core.defvjp(fwd, bwd)
     return VJPRule(twin, fwd, bwd, core, tuple(nondiff_argnums), *([prepare] if prepare else []))
 

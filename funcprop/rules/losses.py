@@ -16,11 +16,13 @@ so a −inf logit with target 0 adds nothing and gets no gradient).
 Empty inputs: a loss over 0 classes or 0 examples raises a ValueError at trace time
 (shapes are static): the mean of nothing is NaN, which would train on silently.
 
-Class ids out of range: under ``jit`` a label cannot be checked, so an id outside
-``[0, C)`` (negative ids included) turns into an all-zero target row. That example adds
-0 to the summed loss (the mean still divides by B) and its logits get zero gradient.
-Nothing raises and nothing is NaN. Call :func:`check_labels` outside ``jit``, once on
-the dataset, to catch such ids.
+Class ids: the label's log-probability is taken with ``take_along_axis``, and the
+backward forms ``p − y`` elementwise (``y = (iota == id)``), so no (B, C) one-hot array
+is built (at C = 32k it was the whole cost). Under ``jit`` a label cannot be checked,
+so an id outside ``[0, C)`` (negative ids included) acts as an all-zero target row:
+that example adds 0 to the summed loss (the mean still divides by B) and its logits
+get zero gradient. Nothing raises, and nothing is NaN unless its logits are. Call
+:func:`check_labels` outside ``jit``, once on the dataset, to catch such ids.
 
 Dtypes (DESIGN §7): every loss accumulates in float32 at least and returns its scalar
 in that dtype (float32 for bfloat16 or float16 inputs, float64 for float64); each
@@ -53,14 +55,19 @@ def _is_int_array(x) -> bool:
     return jnp.issubdtype(x.dtype, jnp.integer)
 
 
-def _targets(labels, logits):
-    """Target probabilities y, (..., C): one-hot rows for integer ids, else labels."""
-    if _is_int_array(labels):
-        if labels.dtype.itemsize < 4:  # uint8 ids must not wrap around in arange(C)
-            labels = labels.astype(jnp.int32)
-        classes = jnp.arange(logits.shape[-1], dtype=labels.dtype)
-        return (labels[..., None] == classes).astype(logits.dtype)
-    return labels
+def _class_ids(labels):
+    """Integer class ids, ids narrower than 32 bits widened to int32 (uint8 ids must not
+    wrap around when compared with C)."""
+    return labels.astype(jnp.int32) if labels.dtype.itemsize < 4 else labels
+
+
+def _log_p_of_ids(ids, log_p):
+    """log p of each row's id, ``(...)``, taken with ``take_along_axis`` (no (..., C)
+    one-hot). An id outside [0, C) gives 0, except in a NaN row, which stays NaN (as
+    Σ_c 0 · NaN did with the one-hot): NaN in, NaN out."""
+    valid = (ids >= 0) & (ids < log_p.shape[-1])
+    picked = jnp.take_along_axis(log_p, jnp.where(valid, ids, 0)[..., None], axis=-1)[..., 0]
+    return jnp.where(valid | jnp.isnan(picked), picked, 0)
 
 
 def _log_p_of_targets(y, log_p):
@@ -88,26 +95,41 @@ def softmax_cross_entropy_twin(logits, labels):
     """Plain twin: ``−Σ y log_softmax(z) / B``, B the number of examples, in float32 at
     least; the scalar is returned in that dtype."""
     logits, labels = _upcast(logits, labels)
-    n_examples = numel(logits.shape[:-1])
-    return _cross_entropy_sum(_targets(labels, logits), log_softmax_twin(logits)) / n_examples
+    return _cross_entropy(labels, log_softmax_twin(logits))
+
+
+def _cross_entropy(labels, log_p):
+    """−Σ y log p / B: for class ids, −Σ_b log p[b, id_b] / B (ids outside [0, C) add 0)."""
+    n_examples = numel(log_p.shape[:-1])
+    if _is_int_array(labels):
+        return -jnp.sum(_log_p_of_ids(_class_ids(labels), log_p)) / n_examples
+    return _cross_entropy_sum(labels, log_p) / n_examples
 
 
 def _softmax_cross_entropy_fwd(logits, labels):
     wide, wide_labels = _upcast(logits, labels)
     log_p = log_softmax_twin(wide)
-    n_examples = numel(logits.shape[:-1])
-    loss = _cross_entropy_sum(_targets(wide_labels, wide), log_p) / n_examples
+    loss = _cross_entropy(wide_labels, log_p)
     return loss, (log_p, labels, jnp.zeros((0,), logits.dtype))  # the last: logits' dtype, in 0 bytes
 
 
 def _softmax_cross_entropy_bwd(res, g):
-    """z̄ = ḡ (p Σy − y) / B, i.e. ḡ (p − y) / B;  ȳ = −ḡ log p / B for probabilities."""
+    """z̄ = ḡ (p Σy − y) / B, i.e. ḡ (p − y) / B;  ȳ = −ḡ log p / B for probabilities.
+
+    For class ids, Σy is 1 for an id in [0, C) and 0 outside, and y is ``iota == id``,
+    formed elementwise into z̄ (which is (..., C) anyway), not as a one-hot array."""
     log_p, labels, like = res
     scale = g.astype(log_p.dtype) / numel(log_p.shape[:-1])
-    y = _targets(labels if _is_int_array(labels) else labels.astype(log_p.dtype), log_p)
-    logits_bar = scale * (jnp.exp(log_p) * jnp.sum(y, axis=-1, keepdims=True) - y)
-    labels_bar = None if _is_int_array(labels) else (-scale * _log_p_of_targets(y, log_p)).astype(labels.dtype)
-    return logits_bar.astype(like.dtype), labels_bar
+    p = jnp.exp(log_p)
+    if _is_int_array(labels):
+        ids = _class_ids(labels)[..., None]
+        valid = (ids >= 0) & (ids < log_p.shape[-1])
+        is_label = jax.lax.broadcasted_iota(ids.dtype, log_p.shape, log_p.ndim - 1) == ids
+        logits_bar = scale * (valid.astype(p.dtype) * p - is_label.astype(p.dtype))
+        return logits_bar.astype(like.dtype), None
+    y = labels.astype(log_p.dtype)
+    logits_bar = scale * (p * jnp.sum(y, axis=-1, keepdims=True) - y)
+    return logits_bar.astype(like.dtype), (-scale * _log_p_of_targets(y, log_p)).astype(labels.dtype)
 
 
 def _softmax_cross_entropy_args(logits, labels):

@@ -18,10 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from funcprop.rules.activations import gelu, leaky_relu, relu, sigmoid, softplus, tanh
+from funcprop.rules.attention import attention
 from funcprop.rules.conv import conv2d
 from funcprop.rules.dropout import dropout
 from funcprop.rules.embedding import embedding
 from funcprop.rules.linear import dense
+from funcprop.rules.lm_head import linear_cross_entropy
 from funcprop.rules.losses import mse, sigmoid_binary_cross_entropy, softmax_cross_entropy
 from funcprop.rules.norm import layer_norm, rms_norm
 from funcprop.rules.pool import avg_pool2d, max_pool2d
@@ -85,6 +87,17 @@ def _logits_and_unit(shape):
     def make(key, dtype):
         rng = _rng(key)
         return jnp.asarray(rng.standard_normal(shape), dtype), jnp.asarray(rng.uniform(size=shape), dtype)
+
+    return make
+
+
+def _hidden_head_and_labels(lead, vocab, d, labels):
+    """Normal hidden states (*lead, d) and a normal (vocab, d) head, fixed labels (lead)."""
+
+    def make(key, dtype):
+        rng = _rng(key)
+        h, omega = rng.standard_normal((*lead, d)), rng.standard_normal((vocab, d))
+        return jnp.asarray(h, dtype), jnp.asarray(omega, dtype), jnp.asarray(labels, jnp.int32).reshape(lead)
 
     return make
 
@@ -187,9 +200,48 @@ RULES: tuple[RuleCase, ...] = (
     # zero rows and no gradient
     RuleCase("embedding", embedding, _ids_and_table([[2, 0, 4], [2, 1, 2]], 5, 3)),
     RuleCase("embedding/out-of-range", embedding, _ids_and_table([3, -1, 5, 3, 7, 0], 5, 4)),
+    # attention: several blocks with padding (T, S not multiples of the blocks), grouped
+    # queries, causal with T = S and bottom-right with T < S, a mask with a fully masked
+    # row (output 0, gradient 0), v's head dim differing from q's, and a scale
+    RuleCase("attention", attention, _normal((2, 5, 2, 3), (2, 5, 2, 3), (2, 5, 2, 3)), {"block_q": 2, "block_k": 3}),
+    RuleCase(
+        "attention/causal,grouped",
+        attention,
+        _normal((2, 6, 4, 3), (2, 6, 2, 3), (2, 6, 2, 3)),
+        {"causal": True, "block_q": 4, "block_k": 2},
+    ),
+    RuleCase(
+        "attention/causal,T<S",
+        attention,
+        _normal((1, 3, 2, 4), (1, 7, 2, 4), (1, 7, 2, 4)),
+        {"causal": True, "block_q": 2, "block_k": 3},
+    ),
+    RuleCase(
+        "attention/mask,Dv=2,scale",
+        attention,
+        _normal((2, 4, 2, 3), (2, 5, 2, 3), (2, 5, 2, 2)),
+        {"mask": jnp.asarray(np.random.default_rng(3).random((2, 1, 4, 5)) > 0.3).at[1, 0, 2].set(False), "scale": 0.7},
+    ),
     # the key is passed by name: dropout(x, rate=, key=) and dropout_twin(x, key, rate) both bind
     RuleCase("dropout", dropout, _normal((6, 5)), {"rate": 0.3, "key": jax.random.key(0)}),
     RuleCase("dropout/raw-key,rate=0.5", dropout, _normal((2, 3, 4)), {"rate": 0.5, "key": jax.random.PRNGKey(1)}),
+    # the LM head: N=7 rows, d=3, V=5; one label ignored (−100), one outside [0, 5) (7),
+    # neither counted in the mean; chunks of 2 rows run 4 chunks over 1 row of padding
+    RuleCase(
+        "linear_cross_entropy", linear_cross_entropy, _hidden_head_and_labels((7,), 5, 3, [1, 4, -100, 0, 7, 2, 1])
+    ),
+    RuleCase(
+        "linear_cross_entropy/chunk_size=2",
+        linear_cross_entropy,
+        _hidden_head_and_labels((7,), 5, 3, [1, 4, -100, 0, 7, 2, 1]),
+        {"chunk_size": 2},
+    ),
+    RuleCase(
+        "linear_cross_entropy/leading-axes,ignore_index=0,chunk_size=4",
+        linear_cross_entropy,
+        _hidden_head_and_labels((2, 3), 6, 4, [[0, 3, 5], [2, 0, -100]]),
+        {"ignore_index": 0, "chunk_size": 4},
+    ),
 )
 
 
