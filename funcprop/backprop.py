@@ -31,6 +31,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from funcprop import nn
 from funcprop.nn import Layer, layer_name
 from funcprop.nn.compose import add_cotangents, check_params, check_tuple_input, located, residual_sum, split_key
 from funcprop.rules.activations import sigmoid
@@ -123,13 +124,36 @@ def _backward(layer: Layer, params, tape, y_bar, path: str, traces: dict):
     return type(params)(grads), y_bar  # a list for list params, as jax.grad gives
 
 
+def _loss_pieces(loss: Callable):
+    """``(fwd(params, out, y), bwd(params, res, g))`` of a loss rule or a loss layer;
+    a rule's params are ``()``."""
+    if nn.is_loss_layer(loss):
+        return loss.node.rule.fwd, loss.node.rule.bwd
+    rule = getattr(loss, "vjp_rule", None)
+    if rule is None or not callable(loss):
+        raise TypeError(
+            f"value_and_grad: loss must be a funcprop loss rule (softmax_cross_entropy, mse, "
+            f"sigmoid_binary_cross_entropy) or a loss layer (nn.LinearCrossEntropy), got {loss!r}"
+        )
+
+    def fwd(params, out, y):
+        return rule.fwd(*rule.prepare(out, y))
+
+    def bwd(params, res, g):
+        return (), rule.bwd(res, g)[0]
+
+    return fwd, bwd
+
+
 def value_and_grad(model: Layer, loss: Callable, *, return_intermediates: bool = False):
     """The written-out backprop of ``loss(model.apply(params, x, key=key), y)``.
 
     Args:
       model: a network of funcprop.nn layers and combinators, nested any way.
-      loss: a funcprop loss rule: ``softmax_cross_entropy``, ``mse`` or
-        ``sigmoid_binary_cross_entropy``.
+      loss: a funcprop loss rule (``softmax_cross_entropy``, ``mse``,
+        ``sigmoid_binary_cross_entropy``), or a loss layer (``nn.LinearCrossEntropy``),
+        whose parameters then train too: params are the pair ``(model_params,
+        loss_params)``, and so are the grads.
       return_intermediates: also return a list of :class:`LayerTrace`, one per leaf
         layer in the order the forward ran them, with its input, output and both
         cotangents, named by its path in the graph (``"2.1 Dense(3)"``).
@@ -140,22 +164,21 @@ def value_and_grad(model: Layer, loss: Callable, *, return_intermediates: bool =
       ``jax.value_and_grad`` gives it. ``key`` feeds dropout (None: no dropout).
       Jittable.
     """
-    loss_rule = getattr(loss, "vjp_rule", None)
-    if loss_rule is None or not callable(loss):
-        raise TypeError(
-            f"value_and_grad: loss must be a funcprop loss rule (softmax_cross_entropy, mse, "
-            f"sigmoid_binary_cross_entropy), got {loss!r}"
-        )
+    loss_fwd, loss_bwd = _loss_pieces(loss)
+    with_head = nn.is_loss_layer(loss)
     if not isinstance(model, Layer):
         raise TypeError(f"value_and_grad: model must be a Layer, got {type(model).__name__}")
 
     def fn(params, x, y, *, key=None):
+        model_params, head = nn.split_params("value_and_grad", params) if with_head else (params, ())
         order: list = []
-        out, tape = _forward(model, params, x, key, "", order)
-        value, loss_residuals = loss_rule.fwd(*loss_rule.prepare(out, y))
-        out_bar = loss_rule.bwd(loss_residuals, jnp.ones_like(value))[0]  # δ_K = ∂L/∂f_K
+        out, tape = _forward(model, model_params, x, key, "", order)
+        value, loss_residuals = loss_fwd(head, out, y)
+        head_bar, out_bar = loss_bwd(head, loss_residuals, jnp.ones_like(value))  # δ_K = ∂L/∂f_K
         traces: dict = {}
-        grads, _ = _backward(model, params, tape, out_bar, "", traces)
+        grads, _ = _backward(model, model_params, tape, out_bar, "", traces)
+        if with_head:
+            grads = type(params)((grads, head_bar))
         if not return_intermediates:
             return value, grads
         return value, grads, [LayerTrace(f"{p.rstrip('.') or '0'} {traces[p][0]}", *traces[p][1:]) for p in order]

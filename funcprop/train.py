@@ -59,7 +59,8 @@ def loss_and_grad(model, loss: Callable = softmax_cross_entropy, gradient: str =
 
     Args:
       model: a ``Layer``, or an apply function ``apply(params, x)`` (``"rules"`` only).
-      loss: a funcprop loss rule.
+      loss: a funcprop loss rule, or a loss layer (``nn.LinearCrossEntropy``): then
+        params are the pair ``(model_params, loss_params)``, and so are the grads.
       gradient: ``"rules"``, ``"twins"`` or ``"backprop"``.
     """
     if gradient not in GRADIENTS:
@@ -77,12 +78,24 @@ def loss_and_grad(model, loss: Callable = softmax_cross_entropy, gradient: str =
         )
     if gradient == "backprop":
         return backprop.value_and_grad(model, loss)
+    if nn.is_loss_layer(loss):  # params are (model_params, loss_params)
+        head = loss.node.rule.twin if gradient == "twins" else loss.apply
+        body = nn.twin(model) if gradient == "twins" else apply
+        value_and_grad = jax.value_and_grad(
+            lambda params, x, y, key: head(*_head_params(params), body(params[0], x, key=key), y)
+        )
+        return lambda params, x, y, *, key=None: value_and_grad(params, x, y, key)
     if gradient == "twins":
         apply, loss = nn.twin(model), loss.vjp_rule.twin
     value_and_grad = jax.value_and_grad(
         lambda params, x, y, key: loss(apply(params, x, key=key) if is_layer else apply(params, x), y)
     )
     return lambda params, x, y, *, key=None: value_and_grad(params, x, y, key)
+
+
+def _head_params(params) -> tuple:
+    """``(loss_params,)`` of a model-and-loss-layer's params, checked."""
+    return (nn.split_params("train", params)[1],)
 
 
 def epoch_keys(key, n_batches: int):
@@ -143,6 +156,8 @@ def accuracy_kind(loss: Callable, y) -> str | None:
     binary cross-entropy on 0/1 targets, logit > 0 = target. None for ``mse``, for
     soft binary targets and for any other loss.
     """
+    if nn.is_loss_layer(loss):
+        return None
     y = jnp.asarray(y)
     if loss is softmax_cross_entropy:
         return "class-ids" if jnp.issubdtype(y.dtype, jnp.integer) else "argmax"
@@ -167,12 +182,17 @@ def make_evaluate(
     The examples are evaluated in chunks of ``batch_size`` (a ``lax.map`` over the full
     chunks, then the remainder), so memory stays bounded on a large test set; the loss
     is each chunk's mean weighted by its size, which is the mean over all examples for
-    every funcprop loss. ``accuracy`` is an :func:`accuracy_kind` (None: no accuracy).
+    every funcprop loss (for a loss layer with ignored ids, the mean over chunks of their
+    counted rows' means). With a loss layer, ``apply`` is the model's and params the pair. ``accuracy`` is an :func:`accuracy_kind` (None: no accuracy).
     """
     if accuracy not in (None, "class-ids", "argmax", "binary"):
         raise ValueError(f"make_evaluate: accuracy must be None, 'class-ids', 'argmax' or 'binary', got {accuracy!r}")
 
+    with_head = nn.is_loss_layer(loss)
+
     def chunk(params, x, y):  # (Σ loss, Σ correct) over the chunk's examples
+        if with_head:  # params are (model_params, loss_params)
+            return loss.apply(params[1], apply(params[0], x), y) * x.shape[0], jnp.float32(0)
         out = apply(params, x)
         correct = _n_correct(accuracy, out, y) if accuracy else 0
         return loss(out, y) * x.shape[0], jnp.asarray(correct, jnp.float32)
@@ -205,6 +225,23 @@ def _first_bad(fn: str, name: str, bad: np.ndarray, values: np.ndarray, want: st
         )
 
 
+def _check_head_targets(fn: str, part: str, y: np.ndarray, head) -> None:
+    """A loss layer's targets: class ids in [0, num_classes), or its ignore_index."""
+    if head.num_classes is None:
+        return
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{fn}: y_{part} must be integer class ids for this loss layer, got dtype {y.dtype}")
+    bad = ((y < 0) | (y >= head.num_classes)) & (y != head.ignore_index)
+    _first_bad(
+        fn,
+        f"y_{part}",
+        bad,
+        y,
+        f"class ids in [0, {head.num_classes}) or the ignored id {head.ignore_index}",
+        "fix the labels, or give the loss layer as many classes as there are",
+    )
+
+
 def check_data(data, apply, params, loss: Callable = softmax_cross_entropy, fn: str = "train") -> None:
     """Check a dataset once, before any compilation: raise ValueError naming what is wrong.
 
@@ -233,6 +270,9 @@ def check_data(data, apply, params, loss: Callable = softmax_cross_entropy, fn: 
                 "drop or impute those examples (a NaN input makes every gradient NaN)",
             )
         if x.shape[0] == 0:
+            continue
+        if nn.is_loss_layer(loss):
+            _check_head_targets(fn, part, y, loss.node.rule)
             continue
         out = jax.eval_shape(apply, params, jnp.asarray(x[:1]))
         if loss is softmax_cross_entropy and np.issubdtype(y.dtype, np.integer):
@@ -286,7 +326,8 @@ def train(
       epochs: the total number of epochs (a resumed run goes on up to this).
       batch_size: the minibatch size; at most the number of training examples.
       key: a typed PRNG key (``jax.random.key``) for the shuffles and dropout.
-      loss: a funcprop loss rule.
+      loss: a funcprop loss rule, or a loss layer (``nn.LinearCrossEntropy``), whose
+        parameters train too: params are then ``(model_params, loss_params)``.
       gradient: ``"rules"``, ``"twins"`` or ``"backprop"`` (see the module docstring).
       checkpoint_path: if given, the state is saved there after every epoch,
         atomically and verified (:mod:`funcprop.checkpoint`).
@@ -318,6 +359,8 @@ def train(
             "or leave resume=False to start fresh"
         )
     apply = nn.as_layer("train", 0, model).apply if nn.is_layer(model) else model
+    if nn.is_loss_layer(loss):
+        nn.split_params("train", params)
     check_data(data, apply, params, loss)
     accuracy = accuracy_kind(loss, data.y_test) if len(data.x_test) else None
     if target_accuracy is not None and accuracy is None:

@@ -17,11 +17,23 @@ read it. A user's own ``Layer(init, apply)`` works everywhere except in the
 written-out backprop and the twin, which refuse it by name.
 
 Rooms: ``_layer`` (the types), ``factory`` (a layer from a rule, and the dtype
-policy), ``dense``, ``conv``, ``norm``, ``embedding``, ``dropout`` (the leaves), ``compose`` (the
-combinators and the twin), ``models`` (mlp, cnn, resmlp, resnet), ``init``.
+policy), ``dense``, ``conv``, ``norm``, ``embedding``, ``dropout``, ``attention`` (the leaves),
+``lm_head`` (the loss layer), ``compose`` (the
+combinators and the twin), ``models`` (mlp, cnn, resmlp, resnet, gpt), ``init``.
 """
 
-from funcprop.nn._layer import Layer, LayerRules, Node, as_layer, is_layer, layer_name
+from funcprop.nn._layer import (
+    Layer,
+    LayerRules,
+    LossRules,
+    Node,
+    as_layer,
+    is_layer,
+    is_loss_layer,
+    layer_name,
+    split_params,
+)
+from funcprop.nn.attention import Attention, MultiHeadAttention, PositionalEmbedding, Positions
 from funcprop.nn.compose import (
     FanInConcat,
     FanInSum,
@@ -58,11 +70,22 @@ from funcprop.nn.init import (
     lecun_normal,
     zeros,
 )
-from funcprop.nn.models import cnn, mlp, resmlp, resnet
+from funcprop.nn.lm_head import LinearCrossEntropy, LinearCrossEntropyParams
+from funcprop.nn.models import cnn, gpt, mlp, resmlp, resnet
 from funcprop.nn.norm import LayerNorm, LayerNormParams, RMSNorm, RMSNormParams
 
 __all__ = [
     "ACTIVATIONS",
+    "Attention",
+    "LinearCrossEntropy",
+    "LinearCrossEntropyParams",
+    "LossRules",
+    "MultiHeadAttention",
+    "PositionalEmbedding",
+    "Positions",
+    "gpt",
+    "is_loss_layer",
+    "split_params",
     "INITIALIZERS",
     "AvgPool2D",
     "Conv2D",

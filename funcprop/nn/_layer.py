@@ -38,20 +38,41 @@ class LayerRules(NamedTuple):
     twin: Callable
 
 
+class LossRules(NamedTuple):
+    """The hand-written pieces of a loss layer, whose ``apply(params, out, y)`` is a scalar.
+
+    Attributes:
+      fwd: ``fwd(params, out, y) -> (value, residuals)``.
+      bwd: ``bwd(params, residuals, g) -> (params_bar, out_bar)`` for the scalar's
+        cotangent g.
+      twin: ``twin(params, out, y) -> value``, from plain twins.
+      num_classes: the targets are class ids in ``[0, num_classes)`` (or the ignored id);
+        :func:`funcprop.train.check_data` checks them once. None: not checked.
+      ignore_index: the id that counts for nothing, or None.
+    """
+
+    fwd: Callable
+    bwd: Callable
+    twin: Callable
+    num_classes: int | None = None
+    ignore_index: int | None = None
+
+
 class Node(NamedTuple):
     """A layer's structure.
 
     Attributes:
       name: readable, for messages and traces: ``Dense(7)``, ``residual``.
-      kind: ``"rule"`` for a leaf, else the combinator: ``"serial"``, ``"parallel"``,
-        ``"residual"``.
-      rule: a leaf's :class:`LayerRules`; None for a combinator.
+      kind: ``"rule"`` for a leaf, ``"loss"`` for a loss layer, else the combinator:
+        ``"serial"``, ``"parallel"``, ``"residual"``.
+      rule: a leaf's :class:`LayerRules`, a loss layer's :class:`LossRules`; None for a
+        combinator.
       children: a combinator's layers, in order; ``()`` for a leaf.
     """
 
     name: str
     kind: str
-    rule: LayerRules | None = None
+    rule: LayerRules | LossRules | None = None
     children: tuple = ()
 
 
@@ -162,6 +183,24 @@ def layer_name(layer: Layer) -> str:
 def is_layer(value) -> bool:
     """True for a :class:`Layer` or a stax-style ``(init, apply)`` pair of functions."""
     return isinstance(value, Layer) or (isinstance(value, tuple) and len(value) == 2 and all(map(callable, value)))
+
+
+def is_loss_layer(value) -> bool:
+    """True for a loss layer (``nn.LinearCrossEntropy``): a layer with parameters whose
+    ``apply(params, out, y)`` returns the scalar loss. With one, a model's params are the
+    pair ``(model_params, loss_params)`` in backprop, training and the checker."""
+    return isinstance(value, Layer) and value.node is not None and value.node.kind == "loss"
+
+
+def split_params(fn: str, params) -> tuple:
+    """``(model_params, loss_params)`` from a model-and-loss-layer's params, or a ValueError."""
+    if not (isinstance(params, (tuple, list)) and len(params) == 2):
+        got = f"{len(params)} entries" if isinstance(params, (tuple, list)) else type(params).__name__
+        raise ValueError(
+            f"{fn}: with a loss layer, params must be the pair (model_params, loss_params), got {got}; "
+            f"pass (model.init(...)[1], loss.init(...)[1])"
+        )
+    return params[0], params[1]
 
 
 def as_layer(fn: str, i, layer) -> Layer:

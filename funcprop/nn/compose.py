@@ -176,6 +176,19 @@ def _combinator(name: str, kind: str, children: tuple, init) -> Layer:
     return layer
 
 
+def renamed(layer: Layer, name: str) -> Layer:
+    """The same combinator under another name (``MultiHeadAttention(4)`` rather than
+    ``serial[4]``), for messages and traces; structure and params are unchanged."""
+    node = layer.node._replace(name=name)
+    init = layer.init.init  # unwrap the checked init: Layer wraps it again under the new name
+
+    def apply(params, x, *, key=None):
+        return run(new, params, x, key, _apply_leaf)
+
+    new = Layer(init, apply, node)
+    return new
+
+
 def serial(*layers: Layer) -> Layer:
     """Compose layers in order; params are the tuple of the layers' params.
 

@@ -1,4 +1,4 @@
-"""Model builders: mlp, cnn, and their residual counterparts resmlp and resnet."""
+"""Model builders: mlp, cnn, their residual counterparts resmlp and resnet, and gpt."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 
 from funcprop.nn._layer import Layer
+from funcprop.nn.attention import MultiHeadAttention, PositionalEmbedding
 from funcprop.nn.compose import FanInSum, FanOut, parallel, residual, serial
 from funcprop.nn.conv import Conv2D, Flatten, MaxPool2D
-from funcprop.nn.dense import ACTIVATIONS, DEFAULT_W_INIT, Dense, Relu
+from funcprop.nn.dense import ACTIVATIONS, DEFAULT_W_INIT, Dense, Gelu, Relu
 from funcprop.nn.dropout import Dropout
+from funcprop.nn.embedding import Embedding
 from funcprop.nn.norm import LayerNorm
 from funcprop.rules._core import positive_int
 
@@ -164,6 +166,51 @@ def cnn(
         Dense(num_classes, w_init="he_normal", **kw),
     ]
     return serial(*layers)
+
+
+def gpt(
+    vocab_size: int = 256,
+    context: int = 128,
+    *,
+    d_model: int = 128,
+    num_heads: int = 4,
+    num_layers: int = 2,
+    mlp_ratio: int = 4,
+    num_kv_heads: int | None = None,
+    dtype=None,
+    param_dtype=jnp.float32,
+) -> Layer:
+    """A GPT-style decoder: token ids ``(B, T)`` to hidden states ``(B, T, d_model)``.
+
+    ``Embedding(V, d) → PositionalEmbedding(context, d) → num_layers × [x + attn(LN(x)),
+    x + mlp(LN(x))] → LayerNorm``, pre-norm blocks of causal multi-head attention and a
+    ``d → mlp_ratio·d → d`` GELU MLP, each with its residual. The head is a loss layer,
+    ``nn.LinearCrossEntropy(vocab_size)``, trained with it (params then are the pair
+    ``(model_params, head_params)``); ``nn.lm_head.logits`` gives its logits for
+    sampling. T may be anything up to ``context``.
+    """
+    fn = "gpt"
+    vocab_size, context = positive_int(fn, "vocab_size", vocab_size), positive_int(fn, "context", context)
+    d_model, num_layers = positive_int(fn, "d_model", d_model), positive_int(fn, "num_layers", num_layers)
+    num_heads, mlp_ratio = positive_int(fn, "num_heads", num_heads), positive_int(fn, "mlp_ratio", mlp_ratio)
+    if d_model % num_heads:
+        raise ValueError(f"{fn}: d_model {d_model} must be divisible by num_heads {num_heads}")
+    kw = dict(dtype=dtype, param_dtype=param_dtype)
+    blocks = []
+    for _ in range(num_layers):
+        attend = MultiHeadAttention(num_heads, num_kv_heads=num_kv_heads, causal=True, **kw)
+        blocks += [
+            residual(serial(LayerNorm(**kw), attend)),
+            residual(
+                serial(LayerNorm(**kw), Dense(mlp_ratio * d_model, **kw), Gelu(dtype=dtype), Dense(d_model, **kw))
+            ),
+        ]
+    return serial(
+        Embedding(vocab_size, d_model, stddev=0.02, **kw),
+        PositionalEmbedding(context, d_model, param_dtype=param_dtype),
+        *blocks,
+        LayerNorm(**kw),
+    )
 
 
 ARCHS = ("mlp", "seed", "cnn", "resmlp", "resnet")  # the names build() knows
