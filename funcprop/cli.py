@@ -76,6 +76,8 @@ def _checked(convert, what: str, ok, allowed: str):
 _positive_int = _checked(int, "a positive integer", lambda v: v >= 1, "a positive integer")
 _seed = _checked(int, "an integer seed", lambda v: 0 <= v < 2**32, "a seed in [0, 2**32)")
 _positive_float = _checked(float, "a positive number", lambda v: 0 < v < float("inf"), "a positive number")
+_count = _checked(int, "an integer", lambda v: v >= 0, "an integer >= 0")
+_temperature = _checked(float, "a number", lambda v: 0 <= v < float("inf"), "a finite number >= 0 (0 is greedy)")
 
 
 def _settle(args, **readers) -> None:
@@ -91,9 +93,10 @@ def _settle(args, **readers) -> None:
             setattr(args, dest, args.fill_in.get(dest))
         elif choice not in values and given is not None:
             flag = "--" + dest.replace("_", "-")
+            got = flag if given is True else f"{flag} {_shown(given)}"  # a switch has no value to show
             raise UsageError(
                 f"--{decider} {choice} does not use {flag} (only --{decider} {' or '.join(values)} "
-                f"reads it), got {flag} {_shown(given)}; leave it out"
+                f"reads it), got {got}; leave it out"
             )
 
 
@@ -212,13 +215,81 @@ def _load_dataset(args):
         raise UsageError(str(err)) from err
 
 
+LM_FLAGS = ("context", "d_model", "heads", "layers", "sample_bytes", "temperature", "no_twin_run")  # --arch gpt's
+ARCH_DEFAULTS = {"epochs": (20, {"gpt": 3}), "lr": (1e-3, {"gpt": 3e-3})}  # dest: (default, its value by --arch)
+
+
+def _arch_default(dest: str) -> str:
+    default, by_arch = ARCH_DEFAULTS[dest]
+    return f"(default: {default}; " + ", ".join(f"{v} with --arch {a}" for a, v in by_arch.items()) + ")"
+
+
+def _check_text_and_gpt(args) -> None:
+    """--dataset text and --arch gpt go together; fill in the defaults that depend on --arch."""
+    if args.arch == "gpt" and args.dataset != "text":
+        raise UsageError(
+            f"--arch gpt is a byte-level language model: it needs --dataset text, got --dataset {args.dataset}"
+        )
+    if args.dataset == "text" and args.arch != "gpt":
+        raise UsageError(f"--dataset text trains a language model: it needs --arch gpt, got --arch {args.arch}")
+    for dest, (default, by_arch) in ARCH_DEFAULTS.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, by_arch.get(args.arch, default))
+
+
+def _checkpoint_config(args) -> dict:
+    """The settings a resumed run must share with the checkpoint (what it trains, not what it reports)."""
+    return _settings(
+        args, "epochs", "resume", "no_progress", "no_cache", "out", "sample_bytes", "temperature", "no_twin_run"
+    )
+
+
+def _checkpoint_in(args, out) -> pathlib.Path:
+    """``OUT/checkpoint.npz``, the folder made: refused if it holds an earlier run and --resume is not given."""
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = out / "checkpoint.npz"
+    if args.resume and not checkpoint_path.exists():
+        print(f"funcprop train: no checkpoint at {checkpoint_path}; starting fresh", file=sys.stderr)
+    if not args.resume and checkpoint_path.exists():  # never overwrite what an earlier run trained
+        raise UsageError(f"{checkpoint_path} holds an earlier run; pass --resume to continue it, or another --out")
+    return checkpoint_path
+
+
+def _check_batch_size(args, ds) -> None:
+    if args.batch_size > ds.x_train.shape[0]:
+        raise UsageError(f"--batch-size {args.batch_size} exceeds the {ds.x_train.shape[0]} training examples")
+
+
+@contextlib.contextmanager
+def _memory_errors_named(fix: str):
+    """Out of memory in XLA becomes a MemoryError of one line, naming the device and ``fix``."""
+    import jax
+
+    try:
+        yield
+    except jax.errors.JaxRuntimeError as err:  # GPU: RESOURCE_EXHAUSTED; CPU: INTERNAL: ... Out of memory
+        said = re.search(r"out of memory[^\n]*", str(err), flags=re.I)
+        if not said and "RESOURCE_EXHAUSTED" not in str(err):
+            raise
+        device = jax.devices()[0]
+        name = device if device.device_kind == device.platform else f"{device} ({device.device_kind})"
+        detail = (said.group() if said else str(err).splitlines()[0]).rstrip(".")
+        raise MemoryError(
+            f"out of memory: the model and batch do not fit in the memory of {name} ({detail}); {fix}"
+        ) from err
+
+
 def _cmd_train(args) -> int:
+    _check_text_and_gpt(args)
     _settle(
         args,
         hidden=("arch", ("mlp", "resmlp")),
         activation=("arch", ("mlp", "resmlp")),
         toy_kind=("dataset", ("toy",)),
         data_path=("dataset", ("mnist",)),
+        text_path=("dataset", ("text",)),
+        max_bytes=("dataset", ("text",)),
+        **{dest: ("arch", ("gpt",)) for dest in LM_FLAGS},
     )
     _check_resmlp(args)
     if args.dataset == "mnist" and args.data_path is None:
@@ -227,6 +298,8 @@ def _cmd_train(args) -> int:
         raise UsageError(f"--arch {args.arch} needs images; the toy dataset is 2-D points (use digits or mnist)")
     out = _out_folder(args.out)
     _use_cache(args)
+    if args.arch == "gpt":
+        return _train_lm(args, out)
     import json
 
     import jax
@@ -234,17 +307,11 @@ def _cmd_train(args) -> int:
     from funcprop import plots, train
 
     ds = _load_dataset(args)
-    if args.batch_size > ds.x_train.shape[0]:
-        raise UsageError(f"--batch-size {args.batch_size} exceeds the {ds.x_train.shape[0]} training examples")
+    _check_batch_size(args, ds)
     model, title = models.build(args.arch, ds.example_shape, ds.num_classes, args.hidden, args.activation)
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoint_path = out / "checkpoint.npz"
-    if args.resume and not checkpoint_path.exists():
-        print(f"funcprop train: no checkpoint at {checkpoint_path}; starting fresh", file=sys.stderr)
-    if not args.resume and checkpoint_path.exists():  # never overwrite what an earlier run trained
-        raise UsageError(f"{checkpoint_path} holds an earlier run; pass --resume to continue it, or another --out")
+    checkpoint_path = _checkpoint_in(args, out)
     print("funcprop train: compiling the training step (the first epoch takes longer)...", file=sys.stderr)
-    try:
+    with _memory_errors_named("use smaller --hidden or --batch-size"):
         _, params = model.init(jax.random.key(args.seed), ds.example_shape)
         result = train.train(
             model,
@@ -259,19 +326,8 @@ def _cmd_train(args) -> int:
             resume=args.resume,
             out_dir=out,
             progress=not args.no_progress,
-            config=_settings(args, "epochs", "resume", "no_progress", "no_cache", "out"),
+            config=_checkpoint_config(args),
         )
-    except jax.errors.JaxRuntimeError as err:  # GPU: RESOURCE_EXHAUSTED; CPU: INTERNAL: ... Out of memory
-        said = re.search(r"out of memory[^\n]*", str(err), flags=re.I)
-        if not said and "RESOURCE_EXHAUSTED" not in str(err):
-            raise
-        device = jax.devices()[0]
-        name = device if device.device_kind == device.platform else f"{device} ({device.device_kind})"
-        detail = (said.group() if said else str(err).splitlines()[0]).rstrip(".")
-        raise MemoryError(
-            f"out of memory: the model and batch do not fit in the memory of {name} ({detail}); "
-            f"use smaller --hidden or --batch-size"
-        ) from err
     title = f"{ds.name}, {title}"
     plots.plot_history(result.history, out / "curves.png", title=title)
     if ds.example_shape == (2,):
@@ -289,6 +345,58 @@ def _cmd_train(args) -> int:
         else "nothing left to train"
     )
     print(f"{title}: {len(result.history)} epochs, {score}, wrote {out}/")
+    return 0
+
+
+def _train_lm(args, out) -> int:
+    """``funcprop train --dataset text --arch gpt``: :func:`funcprop.lm.run_lm`, its table on stdout."""
+    import json
+
+    from funcprop import lm
+
+    if args.gradient == "twins" and not args.no_twin_run:
+        raise UsageError(
+            "--gradient twins trains through jax.grad of the twins already, which the comparison run repeats; "
+            "add --no-twin-run, or use --gradient rules or backprop"
+        )
+    try:
+        setup = lm.setup(
+            text_path=args.text_path,
+            max_bytes=args.max_bytes,
+            context=args.context,
+            d_model=args.d_model,
+            heads=args.heads,
+            layers=args.layers,
+        )
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(str(err)) from err
+    _check_batch_size(args, setup.data)
+    _checkpoint_in(args, out)
+    with _memory_errors_named("use smaller --d-model, --context or --batch-size"):
+        summary = lm.run_lm(
+            setup,
+            _optimizer(args.optimizer, args.lr),
+            out,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            gradient=args.gradient,
+            twin_run=not args.no_twin_run,
+            sample_bytes=args.sample_bytes,
+            temperature=args.temperature,
+            resume=args.resume,
+            progress=not args.no_progress,
+            config=_checkpoint_config(args),
+            say=lambda message: print(f"funcprop train: {message}", file=sys.stderr),
+        )
+    settings = {**_settings(args), "model": setup.title, "text": setup.text.source}
+    (out / "config.json").write_text(json.dumps(settings, indent=2))
+    print(
+        f"text, {setup.title}: {summary['runs'][0]['epochs']} epochs, validation "
+        f"{summary['validation_bits_per_byte']:.3f} bits/byte (unigram {summary['unigram_bits_per_byte']:.3f}), "
+        f"wrote {out}/"
+    )
+    print(lm.summary_table(summary), end="")
     return 0
 
 
@@ -359,24 +467,53 @@ def build_parser() -> argparse.ArgumentParser:
     from funcprop.data import DATASETS
     from funcprop.train import GRADIENTS
 
-    p = sub.add_parser("train", help="train a network with optax")
-    p.add_argument("--dataset", choices=DATASETS, default="digits")
+    p = sub.add_parser(
+        "train",
+        help="train a network with optax",
+        epilog="--dataset text --arch gpt trains a byte-level GPT, then the same model through jax.grad of the "
+        "twins (unless --no-twin-run), samples --sample-bytes, and writes lm.json, lm.md, sample.txt and curves.png "
+        "(bits per byte) beside metrics.json, metrics.csv and config.json.",
+    )
+    p.add_argument(
+        "--dataset",
+        choices=(*DATASETS, "text"),
+        default="digits",
+        help="text: bytes of this Python's standard library .py files, or of --text-path (for --arch gpt)",
+    )
     p.add_argument("--data-path", default=None, help="folder of the MNIST IDX files (for --dataset mnist)")
     p.add_argument("--toy-kind", choices=("moons", "spirals"), fill_in="moons", help="for --dataset toy")
+    p.add_argument("--text-path", nargs="+", help="files or folders of text to use (--dataset text)")
+    p.add_argument(
+        "--max-bytes", type=_positive_int, fill_in=400_000, help="bytes to train on, a tenth as many to validate (text)"
+    )
     p.add_argument(
         "--arch",
-        choices=models.ARCHS,
+        choices=(*models.ARCHS, "gpt"),
         default="mlp",
         help="mlp: --hidden widths; seed: the notes' 4-7-3 sigmoid net; cnn: conv32-conv64-pool-128; "
-        "resmlp: pre-norm residual MLP, width --hidden[0], a block per --hidden entry; resnet: residual CNN",
+        "resmlp: pre-norm residual MLP, width --hidden[0], a block per --hidden entry; resnet: residual CNN; "
+        "gpt: a byte-level transformer for --dataset text",
     )
     p.add_argument("--hidden", type=_positive_int, nargs="*", fill_in=[256, 256], help="hidden widths (mlp, resmlp)")
     p.add_argument(
         "--activation", choices=sorted(_activations()), fill_in="relu", help="hidden activation (mlp, resmlp)"
     )
+    p.add_argument("--context", type=_positive_int, fill_in=64, help="bytes a window holds (gpt)")
+    p.add_argument("--d-model", type=_positive_int, fill_in=64, help="width of the transformer (gpt)")
+    p.add_argument("--heads", type=_positive_int, fill_in=4, help="attention heads, dividing --d-model (gpt)")
+    p.add_argument("--layers", type=_positive_int, fill_in=2, help="transformer blocks (gpt)")
+    p.add_argument("--sample-bytes", type=_count, fill_in=200, help="bytes to generate after the prompt (gpt)")
+    p.add_argument("--temperature", type=_temperature, fill_in=0.8, help="sampling temperature, 0 greedy (gpt)")
+    p.add_argument(
+        "--no-twin-run",
+        action="store_true",
+        default=None,
+        fill_in=False,
+        help="skip training the model again through jax.grad of the twins (gpt)",
+    )
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
-    p.add_argument("--lr", type=_positive_float, default=1e-3, help="learning rate")
-    p.add_argument("--epochs", type=_positive_int, default=20)
+    p.add_argument("--lr", type=_positive_float, help=f"learning rate {_arch_default('lr')}")
+    p.add_argument("--epochs", type=_positive_int, help=f"epochs to train {_arch_default('epochs')}")
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--gradient", choices=GRADIENTS, default="rules", help="where gradients come from")
     p.add_argument("--seed", type=_seed, default=0)

@@ -47,6 +47,35 @@ def plot_history(history: list, path, title: str = "training") -> pathlib.Path:
     return out
 
 
+def plot_bits_per_byte(histories: dict, path, *, baseline: float, title: str = "language model") -> pathlib.Path:
+    """Train and validation loss per epoch in bits per byte, with the unigram baseline.
+
+    ``histories``: a run's name -> its history (rows with ``train_loss`` and
+    ``test_loss`` in nats, as :func:`funcprop.train.train` records them). The first run
+    is drawn solid, train and validation; each other run's validation dashed beside it.
+    """
+    import math
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for k, (name, history) in enumerate(histories.items()):
+        epochs = [r["epoch"] for r in history]
+        bpb = {part: [r[f"{part}_loss"] / math.log(2.0) for r in history] for part in ("train", "test")}
+        if k == 0:
+            ax.plot(epochs, bpb["train"], "o-", color="C0", label=f"train ({name})")
+            ax.plot(epochs, bpb["test"], "o-", color="C1", label=f"validation ({name})")
+        else:
+            ax.plot(epochs, bpb["test"], "x--", color=f"C{k + 1}", label=f"validation ({name})")
+    ax.axhline(baseline, color="k", linestyle=":", linewidth=1, label=f"unigram baseline ({baseline:.2f})")
+    ax.set(xlabel="epoch", ylabel="bits per byte", title=title)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
 def plot_decision_boundary(apply, params, x, y, path, title: str = "decision boundary") -> pathlib.Path:
     """The predicted class over a grid around 2-D points x: (N, 2), with the points."""
     import jax.numpy as jnp

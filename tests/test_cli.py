@@ -257,7 +257,11 @@ def test_help_shows_every_default():
         assert "(default: None)" not in sub.format_help() and "(default: False)" not in sub.format_help()
     assert "(default: 256 256)" in shown["train", "--hidden"] and "(default: moons)" in shown["train", "--toy-kind"]
     assert "(default: relu)" in shown["train", "--activation"] and "(default: 0)" in shown["train", "--seed"]
-    assert "(default: 128 128)" in shown["shapes", "--hidden"] and "(default: 20)" in shown["train", "--epochs"]
+    assert "(default: 128 128)" in shown["shapes", "--hidden"] and "(default: 64)" in shown["train", "--context"]
+    train = commands["train"]  # defaults that depend on --arch, filled in by the run
+    helps = {a.dest: " ".join(train._get_formatter()._format_action(a).split()) for a in train._actions}
+    assert "(default: 20; 3 with --arch gpt)" in helps["epochs"], helps["epochs"]
+    assert "(default: 0.001; 0.003 with --arch gpt)" in helps["lr"], helps["lr"]
 
 
 @pytest.mark.parametrize(
