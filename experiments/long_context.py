@@ -19,7 +19,8 @@ a time is measured where the program fits (``--max-gib``, default 8 GiB per prog
 Times are medians of jitted calls (``funcprop.timing.median_seconds``) after a warm-up,
 on this machine's CPU; the ratios in one run are what to compare. Peers that run on a
 CPU (tokamax, flash-attention-jax) are timed where installed, never required. Writes
-long_context.json, long_context.md and long_context.png in --out.
+long_context.json, long_context.md and long_context.png in --out (``--part`` runs one
+of the two tables).
 """
 
 import argparse
@@ -174,13 +175,15 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes and one repeat: a smoke run")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-gib", type=float, default=8.0, help="time only programs that need less memory")
+    parser.add_argument("--part", choices=("all", "attention", "lm_head"), default="all", help="one table only")
     args = parser.parse_args(argv)
     sizes = [128, 256] if args.quick else [512, 1024, 2048, 4096, 8192]
     vocabs = [1024] if args.quick else [32768, 131072]
     repeats = 1 if args.quick else args.repeats
     max_bytes = args.max_gib * 2**30
-    attn = attention_table(sizes, repeats, max_bytes)
-    head = head_table(vocabs, repeats, max_bytes, *((256, 32) if args.quick else (4096, 256)))
+    attn = attention_table(sizes, repeats, max_bytes) if args.part != "lm_head" else []
+    n, d = (256, 32) if args.quick else (4096, 256)
+    head = head_table(vocabs, repeats, max_bytes, n, d) if args.part != "attention" else []
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     machine = f"{platform.machine()} {jax.devices()[0].device_kind}, jax {jax.__version__}"
@@ -193,11 +196,12 @@ def main(argv=None) -> None:
     }
     (out / "long_context.json").write_text(json.dumps(result, indent=2) + "\n")
     md = f"# Gradient memory and time, hand-derived vs autodiff ({machine})\n\n"
-    md += markdown(attn, "N", "Attention, causal, B1 H4 D64, float32") + "\n"
-    n, d = (256, 32) if args.quick else (4096, 256)
-    md += markdown(head, "V", f"LM head, N {n}, d {d}, float32")
+    if attn:
+        md += markdown(attn, "N", "Attention, causal, B1 H4 D64, float32") + "\n"
+        plot(attn, out / "long_context.png")
+    if head:
+        md += markdown(head, "V", f"LM head, N {n}, d {d}, float32")
     (out / "long_context.md").write_text(md)
-    plot(attn, out / "long_context.png")
     print(md)
 
 

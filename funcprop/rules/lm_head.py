@@ -66,15 +66,20 @@ FN = "linear_cross_entropy"
 # time (1.02×) in 88 MiB (autodiff: 1,060 MiB); 64 rows cost 1.16×, 256 and 512 were
 # no faster.
 CHUNK_ELEMENTS = 2**22
+# But never fewer rows than this: a thinner (rows, d)(d, V) matmul runs far below the
+# machine's rate. At V 131072 (N 4096, d 256), 32 rows a chunk took 23 s a gradient and
+# 128 rows 11.7 s, in 328 MiB (autodiff: 4,228 MiB).
+MIN_ROWS = 128
 # And at least this many chunks where N allows: one chunk's logits are then at most a
 # quarter of all N×V, at any size.
 MIN_CHUNKS = 4
 
 
 def default_chunk_size(n_rows: int, vocab: int) -> int:
-    """Rows per chunk: ``CHUNK_ELEMENTS / V``, at most ``N / MIN_CHUNKS``, at least 1,
-    evened out over the chunks so that the padding is less than one row per chunk."""
-    target = max(1, min(CHUNK_ELEMENTS // vocab, -(-n_rows // MIN_CHUNKS)))
+    """Rows per chunk: ``CHUNK_ELEMENTS / V`` but at least ``MIN_ROWS``, at most
+    ``N / MIN_CHUNKS``, at least 1, evened out over the chunks so that the padding is
+    less than one row per chunk."""
+    target = max(1, min(max(CHUNK_ELEMENTS // vocab, MIN_ROWS), -(-n_rows // MIN_CHUNKS)))
     n_chunks = -(-n_rows // target)
     return -(-n_rows // n_chunks)
 
