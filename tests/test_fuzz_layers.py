@@ -76,8 +76,25 @@ LAYERS = {
     ),
     "Dropout": LayerCase(nn.Dropout, {"rate": 0.3}, (4,), "dropout", random=True),
 }
-# funcprop.nn's other capitalized names: combinators, parameter types and the layer type
-NOT_LEAF_LAYERS = {"FanInConcat", "FanInSum", "FanOut", "Identity", "Layer", "LayerRules", "Node"}
+# funcprop.nn's other capitalized names: combinators (MultiHeadAttention and
+# PositionalEmbedding are graphs of the leaves here), parameter types and the layer type
+NOT_LEAF_LAYERS = {
+    "FanInConcat",
+    "FanInSum",
+    "FanOut",
+    "Identity",
+    "Layer",
+    "LayerRules",
+    "LossRules",
+    "MultiHeadAttention",
+    "Node",
+    "PositionalEmbedding",
+}
+# Leaves this harness (one float array in, one array out) cannot drive yet: Attention
+# takes a tuple (q, k, v), Positions returns int ids, LinearCrossEntropy is a loss layer
+# (apply(params, out, y)). Their rules are fuzzed in test_fuzz_rules.py; the layers are
+# tested in test_attention.py and test_transformer.py.
+NOT_FUZZED_HERE = {"Attention", "LinearCrossEntropy", "Positions"}
 # Failures in funcprop/nn, reported for a fix there (this file does not own nn): each
 # entry skips exactly the inputs that reach its failure, so all else stays fuzzed.
 # Delete an entry once nn is fixed, and the fuzz covers those inputs too.
@@ -105,7 +122,7 @@ def takes(case: LayerCase, name: str) -> bool:
 
 def test_every_public_leaf_layer_is_fuzzed():
     constructors = {n for n in nn.__all__ if n[0].isupper() and not n.isupper() and not n.endswith("Params")}
-    missing = constructors - set(LAYERS) - NOT_LEAF_LAYERS
+    missing = constructors - set(LAYERS) - NOT_LEAF_LAYERS - NOT_FUZZED_HERE
     assert not missing, f"public layers without a row in LAYERS: {sorted(missing)}"
 
 
