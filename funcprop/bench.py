@@ -8,6 +8,10 @@ case, each variant is one jitted step (gradient + optax Adam update, buffers don
 - ``backprop``: :func:`funcprop.backprop.value_and_grad`, the written-out recursion;
 - ``torch``, ``torch.compile``: the same network and step in PyTorch, where installed.
 
+A classifier's loss is ``softmax_cross_entropy``; the GPT's is its head, the loss layer
+``nn.LinearCrossEntropy(256)``, whose params train too (params are the pair
+``(model_params, head_params)``), on int32 byte ids.
+
 The ``rules`` step is also timed in halves: the gradient alone and the optax update
 alone. Step times are medians over interleaved rounds (every JAX variant and half once
 per round, in a new order, after warm-up), so drifts of the machine hit all of them
@@ -28,16 +32,17 @@ import numpy as np
 import optax
 
 from funcprop import nn, train
-from funcprop.bench_cases import CASES, QUICK_CASES, Case, case_data, case_flops
+from funcprop.bench_cases import CASES, QUICK_CASES, Case, case_data, case_flops, case_params
 from funcprop.rules.losses import softmax_cross_entropy
 from funcprop.timing import timer
 
 JAX_VARIANTS = {"rules": "rules", "jax.grad": "twins", "backprop": "backprop"}
 
 
-def make_step(model, gradient: str, optimizer):
-    """A jitted ``step(params, opt_state, x, y) -> (params, opt_state, loss)``, donated."""
-    grad_fn = train.loss_and_grad(model, softmax_cross_entropy, gradient)
+def make_step(model, gradient: str, optimizer, loss=softmax_cross_entropy):
+    """A jitted ``step(params, opt_state, x, y) -> (params, opt_state, loss)``, donated.
+    With a loss layer (``loss=nn.LinearCrossEntropy(V)``), params are the pair."""
+    grad_fn = train.loss_and_grad(model, loss, gradient)
 
     def step(params, opt_state, x, y):
         value, grads = grad_fn(params, x, y)
@@ -66,19 +71,24 @@ def program_fingerprint(compiled) -> str:
     return hashlib.sha256(body.encode()).hexdigest()[:12]
 
 
-def residual_bytes(model, gradient: str, params, x, y) -> int | None:
+def residual_bytes(model, gradient: str, params, x, y, loss=softmax_cross_entropy) -> int | None:
     """Bytes kept between forward and backward, parameters and inputs not counted.
 
     Read from JAX's record of what reverse mode saves (``saved_residuals``); the
     written-out backprop keeps what the rules' fwds return, so it is not read here.
+    With a loss layer, params are the pair and the head's residuals count too.
     """
     if gradient == "backprop":
         return None
     from jax._src.ad_checkpoint import saved_residuals  # no public equivalent yet
 
     apply = nn.twin(model) if gradient == "twins" else model.apply
-    loss = softmax_cross_entropy.vjp_rule.twin if gradient == "twins" else softmax_cross_entropy
-    kept = saved_residuals(lambda p, x: loss(apply(p, x), y), params, x)
+    if nn.is_loss_layer(loss):
+        head = loss.node.rule.twin if gradient == "twins" else loss.apply
+        kept = saved_residuals(lambda p, x: head(p[1], apply(p[0], x), y), params, x)
+    else:
+        loss = loss.vjp_rule.twin if gradient == "twins" else loss
+        kept = saved_residuals(lambda p, x: loss(apply(p, x), y), params, x)
     skip = ("from the argument", "from a constant", "from a literal")
     return int(sum(aval.size * aval.dtype.itemsize for aval, why in kept if not why.startswith(skip)))
 
@@ -113,11 +123,11 @@ def _time_jax(step, state, x, y, steps):
     return timer(call)(steps), held[0]
 
 
-def _halves(model, optimizer, params0, x, y) -> tuple[dict, float]:
+def _halves(model, optimizer, params0, x, y, loss=softmax_cross_entropy) -> tuple[dict, float]:
     """The rules step's two halves as timers ``runner(steps) -> seconds per call``: the
     gradient alone (no optimizer) and the optax update alone (donated, a fixed gradient).
     Also returns the gradient's FLOPs."""
-    grad = jax.jit(train.loss_and_grad(model, softmax_cross_entropy, "rules")).lower(params0, x, y).compile()
+    grad = jax.jit(train.loss_and_grad(model, loss, "rules")).lower(params0, x, y).compile()
     _, grads = grad(params0, x, y)
 
     def apply_update(params, opt_state, grads):
@@ -154,24 +164,24 @@ def bench_case(case: Case, *, rounds: int, steps: int, with_torch: bool, log=pri
     """Per-variant median step time, ratio to jax.grad, memory, FLOPs, residuals; and the
     rules step split into its halves (gradient alone, optax update alone)."""
     model = case.build()
-    _, params0 = model.init(jax.random.key(0), case.input_shape)
+    params0 = case_params(case, model, jax.random.key(0))
     x, y = case_data(case, jax.random.key(1))
     optimizer = optax.adam(1e-3)
     runners, rows = {}, {}
     for label, gradient in JAX_VARIANTS.items():
-        step = make_step(model, gradient, optimizer)
+        step = make_step(model, gradient, optimizer, case.loss)
         state = (jax.tree.map(jnp.copy, params0), optimizer.init(params0))
         compiled = step.lower(*state, x, y).compile()
         memory = compiled.memory_analysis()
         rows[label] = {
             "temp_bytes": int(memory.temp_size_in_bytes) if memory is not None else None,
             "flops": _flops(compiled),
-            "residual_bytes": residual_bytes(model, gradient, params0, x, y),
+            "residual_bytes": residual_bytes(model, gradient, params0, x, y, case.loss),
             "program": program_fingerprint(compiled),
         }
         _, state = _time_jax(step, state, x, y, 2)  # warm-up
         runners[label] = [step, state]
-    halves, grad_flops = _halves(model, optimizer, params0, x, y)
+    halves, grad_flops = _halves(model, optimizer, params0, x, y, case.loss)
     for runner in halves.values():
         runner(2)  # warm-up
     runners.update(halves)
@@ -220,11 +230,11 @@ def epoch_throughput(case: Case, *, batches: int, with_torch: bool, repeats: int
     epoch (:func:`funcprop.train.make_epoch`, as ``train()`` runs it), a Python loop of
     jitted steps fed host batches, and an eager PyTorch loop over the same batches."""
     model = case.build()
-    _, params0 = model.init(jax.random.key(0), case.input_shape)
+    params0 = case_params(case, model, jax.random.key(0))
     n = case.batch * batches
     x, y = case_data(case, jax.random.key(2), batches)
     optimizer = optax.adam(1e-3)
-    grad_fn = train.loss_and_grad(model, softmax_cross_entropy, "rules")
+    grad_fn = train.loss_and_grad(model, case.loss, "rules")
     epoch = train.make_epoch(grad_fn, optimizer, n, case.batch)
     state = train.init_state(params0, optimizer, jax.random.key(3))
     state, _ = epoch(state, x, y)  # compile
@@ -234,9 +244,10 @@ def epoch_throughput(case: Case, *, batches: int, with_torch: bool, repeats: int
         state, value = epoch(state, x, y)
         return value
 
-    step = make_step(model, "rules", optimizer)
+    step = make_step(model, "rules", optimizer, case.loss)
     loop_state = (jax.tree.map(jnp.copy, params0), optimizer.init(params0))
-    xb, yb = np.asarray(x).reshape(batches, case.batch, *case.input_shape), np.asarray(y).reshape(batches, case.batch)
+    xb = np.asarray(x).reshape(batches, case.batch, *x.shape[1:])
+    yb = np.asarray(y).reshape(batches, case.batch, *y.shape[1:])
 
     def run_loop():
         nonlocal loop_state

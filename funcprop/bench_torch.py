@@ -64,6 +64,36 @@ def build(case, *, train: bool = True):
         def forward(self, x):
             return sum(branch(x) for branch in self.branches)
 
+    class Block(nn.Module):  # pre-norm: x + attn(LN(x)), then x + mlp(LN(x)), as nn.gpt's
+        def __init__(self, d, heads, mlp_ratio):
+            super().__init__()
+            self.heads = heads  # modules in the order of nn.gpt's parameter leaves
+            self.norm1 = nn.LayerNorm(d)
+            self.q, self.k, self.v, self.out = (nn.Linear(d, d) for _ in range(4))
+            self.norm2 = nn.LayerNorm(d)
+            self.mlp = nn.Sequential(
+                nn.Linear(d, mlp_ratio * d), nn.GELU(approximate="tanh"), nn.Linear(mlp_ratio * d, d)
+            )
+
+        def forward(self, x):
+            b, t, d = x.shape
+            h = self.norm1(x)
+            q, k, v = (f(h).view(b, t, self.heads, d // self.heads).transpose(1, 2) for f in (self.q, self.k, self.v))
+            a = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + self.out(a.transpose(1, 2).reshape(b, t, d))
+            return x + self.mlp(self.norm2(x))
+
+    class GPT(nn.Module):  # ids (B, T) to logits (B, T, V): learned positions, an untied head
+        def __init__(self, vocab, context, d, heads, layers, mlp_ratio):
+            super().__init__()
+            self.tokens, self.positions = nn.Embedding(vocab, d), nn.Embedding(context, d)
+            self.blocks = nn.Sequential(*(Block(d, heads, mlp_ratio) for _ in range(layers)))
+            self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, vocab, bias=False)
+
+        def forward(self, ids):
+            x = self.tokens(ids) + self.positions(torch.arange(ids.shape[1], device=ids.device))
+            return self.head(self.norm(self.blocks(x)))
+
     acts = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
     images = len(case.input_shape) == 3
 
@@ -90,6 +120,8 @@ def build(case, *, train: bool = True):
                 layers.append(Residual(seq(spec[1], spatial)))
             elif kind == "sum":
                 layers.append(Sum([seq(branch, spatial) for branch in spec[1]]))
+            elif kind == "gpt":
+                layers.append(GPT(*spec[1:]))
         return nn.Sequential(*layers)
 
     torch.manual_seed(0)
@@ -97,12 +129,17 @@ def build(case, *, train: bool = True):
     return model.train(train)
 
 
+def _input_dtype(case):
+    return np.int64 if case.tokens else np.float32  # token ids, or features
+
+
 def _step_fn(model, optimizer):
     import torch  # noqa: F401
 
     def step(x, y):
         optimizer.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        # (B, C) logits, or (B, T, V) for an LM: the mean over every position
+        loss = torch.nn.functional.cross_entropy(model(x).flatten(0, -2), y.flatten())
         loss.backward()
         optimizer.step()
         return loss
@@ -130,7 +167,7 @@ def runners(case, x: np.ndarray, y: np.ndarray, log=print) -> dict:
     """
     import torch  # noqa: F401
 
-    xt = torch.from_numpy(np.array(x, np.float32))
+    xt = torch.from_numpy(np.array(x, _input_dtype(case)))
     yt = torch.from_numpy(np.asarray(y, np.int64))
     out = {}
     for label in ("torch", "torch.compile"):
@@ -163,7 +200,7 @@ def epoch_steps_per_s(case, xb: np.ndarray, yb: np.ndarray, repeats: int) -> flo
     """Steps per second of an eager PyTorch epoch over the batches xb: (steps, B, ...)."""
     import torch  # noqa: F401
 
-    xb, yb = np.array(xb, np.float32), np.array(yb, np.int64)  # writable copies: from_numpy shares memory
+    xb, yb = np.array(xb, _input_dtype(case)), np.array(yb, np.int64)  # writable copies: from_numpy shares memory
     model = build(case)
     step = _step_fn(model, torch.optim.Adam(model.parameters(), lr=1e-3))
     torch.set_num_threads(_best_threads(step, torch.from_numpy(xb[0]), torch.from_numpy(yb[0])))

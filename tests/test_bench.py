@@ -28,6 +28,8 @@ def test_quick_benchmark_writes_json_markdown_and_png(tmp_path, capsys):
         assert 0 < split["gradient_flops"] <= case["variants"]["rules"]["flops"]
     table = (tmp_path / "benchmark.md").read_text()
     assert "| seed 2-4-7-3-2 @ 64 | rules |" in table and "compiled epoch (steps/s)" in table
+    gpt = bench.QUICK_CASES[-1].name
+    assert gpt.startswith("gpt ") and f"| {gpt} | backprop |" in table and f"| {gpt} | 8 |" in table
     # every model has an epoch row, the CNN included, with its own step's rate beside it
     assert [e["case"] for e in report["epochs"]] == [c.name for c in bench.QUICK_CASES]
     for e in report["epochs"]:
@@ -68,15 +70,65 @@ def test_rules_and_backprop_compile_to_one_program():
     assert prints["rules"] == prints["backprop"] != prints["twins"]
 
 
+def test_gpt_case_is_the_cli_lm_on_token_ids_with_its_head():
+    """The GPT case: int32 ids and the next ids as targets, params the (model, head) pair;
+    its residuals count the head's, and the rules keep less than autodiff."""
+    import jax
+    import jax.numpy as jnp
+
+    from funcprop import nn
+
+    case = bench.QUICK_CASES[-1]
+    assert nn.is_loss_layer(case.loss) and case.tokens and case.torch_layers[0][0] == "gpt"
+    assert bench.CASES[-1].name == "gpt d64 x2, T64 @ 32"  # the CLI's default LM
+    model = case.build()
+    params = bench.case_params(case, model, jax.random.key(0))
+    model_params, head = params
+    assert head.omega.shape == (256, 32)
+    x, y = bench.case_data(case, jax.random.key(1), batches=2)
+    assert x.shape == y.shape == (2 * case.batch, 16) and x.dtype == y.dtype == jnp.int32
+    assert bool(jnp.all(x[:, 1:] == y[:, :-1])) and 0 <= int(x.min()) and int(x.max()) < 256
+    rules = bench.residual_bytes(model, "rules", params, x, y, case.loss)
+    assert 0 < rules < bench.residual_bytes(model, "twins", params, x, y, case.loss)
+    assert bench.case_flops(case) > 6 * 256 * 32 * 16 * case.batch  # the head alone
+
+
 @pytest.mark.parametrize("case", bench.CASES, ids=[c.name for c in bench.CASES])
 def test_torch_twin_has_the_same_parameter_count(case):
-    """The PyTorch network built from the case's specs is the funcprop model's size."""
+    """The PyTorch network built from the case's specs is the funcprop model's size (the
+    GPT's head included)."""
     pytest.importorskip("torch")
     import jax
     import numpy as np
 
     from funcprop import bench_torch
 
-    _, params = case.build().init(jax.random.key(0), case.input_shape)
+    params = bench.case_params(case, case.build(), jax.random.key(0))  # with the GPT's head
     ours = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params))
     assert sum(p.numel() for p in bench_torch.build(case).parameters()) == ours
+
+
+def test_torch_gpt_twin_computes_the_same_logits():
+    """Given funcprop's parameters, the PyTorch GPT gives the same logits: the same pre-norm
+    blocks, causal attention, GELU (tanh) MLP, learned positions and untied head."""
+    torch = pytest.importorskip("torch")
+    import jax
+    import numpy as np
+
+    from funcprop import bench_torch
+    from funcprop.nn import lm_head
+
+    case = bench.QUICK_CASES[-1]
+    model = case.build()
+    params = bench.case_params(case, model, jax.random.key(0))
+    x, _ = bench.case_data(case, jax.random.key(1))
+    ours = lm_head.logits(params[1], model.apply(params[0], x))
+    twin = bench_torch.build(case, train=False)
+    state = twin.state_dict()  # its modules are in the order of the pair's leaves
+    leaves = jax.tree.leaves(params)
+    assert [tuple(v.shape) for v in state.values()] == [leaf.shape for leaf in leaves]
+    twin.load_state_dict({k: torch.from_numpy(np.array(leaf)) for k, leaf in zip(state, leaves)})
+    with torch.no_grad():
+        theirs = twin(torch.from_numpy(np.array(x, np.int64))).numpy()
+    scale = float(np.abs(ours).max())
+    np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-5 * scale)
