@@ -19,6 +19,7 @@ twice. ``implements`` records the :class:`VJPRule` on the wrapper as
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -54,16 +55,64 @@ class VJPRule(NamedTuple):
         return tuple(args[i] for i in self.nondiff_argnums)
 
 
+@functools.partial(jax.tree_util.register_static)
+@dataclasses.dataclass(frozen=True)
+class _Varying:
+    """The mesh axes each differentiable argument varies over (static: no leaves)."""
+
+    axes: tuple[frozenset, ...]
+
+
+def _varying_axes(x) -> frozenset:
+    """The mesh axes ``x`` varies over inside ``shard_map`` (empty outside one)."""
+    if not isinstance(x, jax.Array):
+        return frozenset()
+    manual = getattr(jax.typeof(x), "manual_axis_type", None)  # jax 0.10: .varying
+    return frozenset(getattr(manual, "varying", ()))
+
+
+def summed_like(ct, axes: frozenset):
+    """``ct`` summed over the mesh axes it varies over that its primal does not.
+
+    Inside ``shard_map`` a replicated weight meets a batch-sharded input, and a
+    hand-written bwd's contraction over the local batch gives a cotangent that varies
+    over the batch axis: the local gradient. The primal is the same on every device, so
+    its cotangent is the sum of the local ones, ``psum`` (what JAX's own transpose of
+    an implicit broadcast gives). Outside ``shard_map`` there are no such axes: a no-op.
+    """
+    if ct is None or not isinstance(ct, jax.Array) or ct.dtype == jax.dtypes.float0:
+        return ct
+    extra = _varying_axes(ct) - axes
+    return jax.lax.psum(ct, tuple(sorted(extra))) if extra else ct
+
+
 def custom_rule(twin, fwd, bwd, *, prepare=None, nondiff_argnums=(), primal=None) -> VJPRule:
     """Make ``jax.custom_vjp(twin)`` with the hand-written ``fwd``/``bwd``.
 
     ``primal`` is what the rule computes when it is not differentiated (inference);
     the twin by default. A rule whose twin is the naive O(N²) formula (attention, the
     fused LM head) passes its blocked forward, ``primal = lambda *a: fwd(*a)[0]``.
+
+    The ``jax.custom_vjp`` keeps, beside fwd's residuals, which mesh axes each
+    argument varies over, and sums each cotangent over the axes it varies over beyond
+    its argument's (:func:`summed_like`), so the rule is right under ``shard_map``
+    with ``check_vma`` on. ``fwd`` and ``bwd`` themselves are unchanged.
     """
-    core = jax.custom_vjp(primal or twin, nondiff_argnums=nondiff_argnums)
-    core.defvjp(fwd, bwd)
-    return VJPRule(twin, fwd, bwd, core, tuple(nondiff_argnums), *([prepare] if prepare else []))
+    nondiff = tuple(nondiff_argnums)
+
+    def core_fwd(*args):
+        out, residuals = fwd(*args)
+        varying = _Varying(tuple(_varying_axes(a) for i, a in enumerate(args) if i not in nondiff))
+        return out, (residuals, varying)
+
+    def core_bwd(*args):
+        *static, (residuals, varying), ct = args
+        cts = bwd(*static, residuals, ct)
+        return tuple(summed_like(c, axes) for c, axes in zip(cts, varying.axes))
+
+    core = jax.custom_vjp(primal or twin, nondiff_argnums=nondiff)
+    core.defvjp(core_fwd, core_bwd)
+    return VJPRule(twin, fwd, bwd, core, nondiff, *([prepare] if prepare else []))
 
 
 def implements(vjp_rule: VJPRule):
