@@ -56,6 +56,34 @@ class LayerTrace:
     output_grad: Any
 
 
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["params", "key", "input", "output", "params_grad", "input_grad", "output_grad"],
+    meta_fields=["path", "layer"],
+)
+@dataclasses.dataclass(frozen=True)
+class LeafRecord:
+    """All that one leaf's rule took and gave in a pass: ``fwd(params, input, key)``
+    gave ``output``, and ``bwd`` turned ``output_grad`` into ``(params_grad,
+    input_grad)``. :class:`LayerTrace` shows part of it; ``funcprop.check.check_model``
+    runs the leaf's plain twin on the same values. A pytree (path and layer are static)."""
+
+    path: str  # "2.1": the child positions from the root ("0" for a one-leaf model)
+    layer: Layer
+    params: Any
+    key: Any
+    input: Any
+    output: Any
+    params_grad: Any
+    input_grad: Any
+    output_grad: Any
+
+    @property
+    def name(self) -> str:
+        """``"2.1 Dense(3)"``: the leaf's path and name, as :class:`LayerTrace` names it."""
+        return f"{self.path} {layer_name(self.layer)}"
+
+
 def _rules(layer: Layer):
     if layer.node is None:
         raise TypeError(
@@ -73,7 +101,7 @@ def _forward(layer: Layer, params, x, key, path: str, order: list):
     if node is None or node.kind == "rule":
         y, residuals = _rules(layer).fwd(params, x, key)
         order.append(path)
-        return y, (x, y, residuals)
+        return y, (x, y, residuals, key)
     if node.kind == "residual":
         (block,) = node.children
         with located(node.kind, 0, block):
@@ -99,12 +127,13 @@ def _forward(layer: Layer, params, x, key, path: str, order: list):
 
 
 def _backward(layer: Layer, params, tape, y_bar, path: str, traces: dict):
-    """(params_bar, x_bar) from the output's cotangent; fills ``traces[path]`` per leaf."""
+    """(params_bar, x_bar) from the output's cotangent; fills ``traces[path]`` with each
+    leaf's :class:`LeafRecord`."""
     node = layer.node
     if node is None or node.kind == "rule":
-        x, y, residuals = tape
+        x, y, residuals, key = tape
         params_bar, x_bar = _rules(layer).bwd(params, residuals, y_bar)
-        traces[path] = (layer_name(layer), x, y, x_bar, y_bar)
+        traces[path] = LeafRecord(path.rstrip(".") or "0", layer, params, key, x, y, params_bar, x_bar, y_bar)
         return params_bar, x_bar
     if node.kind == "residual":  # y = x + block(x): x̄ = ȳ + block's x̄
         (block,) = node.children
@@ -145,6 +174,24 @@ def _loss_pieces(loss: Callable):
     return fwd, bwd
 
 
+def _pass(model: Layer, loss: Callable, model_params, head, x, y, key):
+    """One forward and backward of ``loss(model(x), y)``, keeping what each leaf saw.
+
+    ``head`` is a loss layer's params (``()`` for a loss rule). Returns ``(value,
+    grads, head_bar, records, (out, out_bar))``: the model's grads, the loss layer's,
+    the leaves' :class:`LeafRecord` in the order the forward ran them, and the model's
+    output with its cotangent δ_K = ∂L/∂f_K.
+    """
+    loss_fwd, loss_bwd = _loss_pieces(loss)
+    order: list = []
+    out, tape = _forward(model, model_params, x, key, "", order)
+    value, loss_residuals = loss_fwd(head, out, y)
+    head_bar, out_bar = loss_bwd(head, loss_residuals, jnp.ones_like(value))  # δ_K = ∂L/∂f_K
+    traces: dict = {}
+    grads, _ = _backward(model, model_params, tape, out_bar, "", traces)
+    return value, grads, head_bar, [traces[p] for p in order], (out, out_bar)
+
+
 def value_and_grad(model: Layer, loss: Callable, *, return_intermediates: bool = False):
     """The written-out backprop of ``loss(model.apply(params, x, key=key), y)``.
 
@@ -164,24 +211,19 @@ def value_and_grad(model: Layer, loss: Callable, *, return_intermediates: bool =
       ``jax.value_and_grad`` gives it. ``key`` feeds dropout (None: no dropout).
       Jittable.
     """
-    loss_fwd, loss_bwd = _loss_pieces(loss)
+    _loss_pieces(loss)  # a TypeError now, not at the first call, if loss is no rule
     with_head = nn.is_loss_layer(loss)
     if not isinstance(model, Layer):
         raise TypeError(f"value_and_grad: model must be a Layer, got {type(model).__name__}")
 
     def fn(params, x, y, *, key=None):
         model_params, head = nn.split_params("value_and_grad", params) if with_head else (params, ())
-        order: list = []
-        out, tape = _forward(model, model_params, x, key, "", order)
-        value, loss_residuals = loss_fwd(head, out, y)
-        head_bar, out_bar = loss_bwd(head, loss_residuals, jnp.ones_like(value))  # δ_K = ∂L/∂f_K
-        traces: dict = {}
-        grads, _ = _backward(model, model_params, tape, out_bar, "", traces)
+        value, grads, head_bar, records, _ = _pass(model, loss, model_params, head, x, y, key)
         if with_head:
             grads = type(params)((grads, head_bar))
         if not return_intermediates:
             return value, grads
-        return value, grads, [LayerTrace(f"{p.rstrip('.') or '0'} {traces[p][0]}", *traces[p][1:]) for p in order]
+        return value, grads, [LayerTrace(r.name, r.input, r.output, r.input_grad, r.output_grad) for r in records]
 
     return fn
 
