@@ -573,7 +573,8 @@ def _sigterm_interrupts():
     Python runs a signal handler between any two bytecodes, and an exception raised in a
     ``__del__`` or a weakref callback (JAX has many) is printed and dropped. So after the
     first SIGTERM a thread raises it again every :data:`SIGTERM_RETRY_S` seconds until
-    the command has stopped: one signal is enough, wherever it lands.
+    the command has stopped: one signal is enough, wherever it lands. A dropped raise is
+    kept off stderr (``sys.unraisablehook``), since the next one stops the command.
     """
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
@@ -590,12 +591,18 @@ def _sigterm_interrupts():
             threading.Thread(target=again, name="funcprop-sigterm", daemon=True).start()
         raise _Terminated
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    def unraisable(info):  # the dropped raise is retried: not worth a traceback on stderr
+        if not isinstance(info.exc_value, _Terminated):
+            previous_hook(info)
+
+    previous, previous_hook = signal.signal(signal.SIGTERM, terminate), sys.unraisablehook
+    sys.unraisablehook = unraisable
     try:
         yield
     finally:
         stopped.set()
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        sys.unraisablehook = previous_hook
 
 
 def main(argv=None) -> int:

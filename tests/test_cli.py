@@ -368,3 +368,26 @@ def test_sigterm_stops_training_cleanly(tmp_path):
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "funcprop train: interrupted by SIGTERM", err
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     checkpoint.load_flat(tmp_path / "checkpoint.npz")  # whole: its checksum holds
+
+
+def test_a_sigterm_dropped_in_a_callback_is_kept_off_stderr(monkeypatch):
+    """Python drops an exception raised in a __del__ or a gc callback and prints it; the
+    retry thread raises SIGTERM's again, so that one is not printed. Others still are."""
+    from funcprop.cli import _sigterm_interrupts, _Terminated
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda info: seen.append(type(info.exc_value)))
+
+    class Raises:
+        def __init__(self, error):
+            self.error = error
+
+        def __del__(self):
+            raise self.error
+
+    with _sigterm_interrupts():
+        Raises(_Terminated())
+        Raises(ValueError("shown"))
+    assert seen == [ValueError]
+    Raises(_Terminated())  # outside the command: the previous hook again
+    assert seen == [ValueError, _Terminated]

@@ -20,28 +20,30 @@ def name_of(f) -> str:
     return getattr(f, "__name__", None) or type(f).__name__
 
 
-def resolve_reference(fn, reference, args):
+def resolve_reference(fn, reference, args, caller: str = "check_vjp"):
+    """The reference fn is checked against: ``reference``, or a funcprop rule's plain twin;
+    a clear error naming ``caller`` for a non-callable or a missing one."""
     if not callable(fn):
         raise TypeError(
-            f"check_vjp: fn must be callable, got a {type(fn).__name__}; "
-            f"pass the function itself: check_vjp(my_rule, x, ...)"
+            f"{caller}: fn must be callable, got a {type(fn).__name__}; "
+            f"pass the function itself: {caller}(my_rule, x, ...)"
         )
     if not args:
         raise ValueError(
-            f"check_vjp: no arguments given for {name_of(fn)}; pass the inputs "
-            f"to differentiate at after fn: check_vjp(fn, x, w, ...)"
+            f"{caller}: no arguments given for {name_of(fn)}; pass the inputs "
+            f"to differentiate at after fn: {caller}(fn, x, w, ...)"
         )
     if reference is None:
         if not hasattr(fn, "vjp_rule"):
             raise TypeError(
-                f"check_vjp: {name_of(fn)} is not a funcprop rule (it has no .vjp_rule), so "
+                f"{caller}: {name_of(fn)} is not a funcprop rule (it has no .vjp_rule), so "
                 f"there is no default reference; pass reference=, the same function "
-                f"written with plain jnp operations: check_vjp(fn, x, reference=plain_fn)"
+                f"written with plain jnp operations: {caller}(fn, x, reference=plain_fn)"
             )
         return fn.vjp_rule.twin
     if not callable(reference):
         raise TypeError(
-            f"check_vjp: reference must be callable, got a "
+            f"{caller}: reference must be callable, got a "
             f"{type(reference).__name__}; pass a plain function of fn's args"
         )
     return reference

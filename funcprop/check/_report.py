@@ -159,13 +159,15 @@ def failure_message(report: CheckReport) -> str:
     return "\n".join(lines + ["", str(report)])
 
 
-def scaled_errors(received, expected) -> tuple[np.ndarray, np.ndarray]:
+def scaled_errors(received, expected, scale_floor: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(|a − b|, |a − b| / (|b| + max|b|)) in float64; axis 0 indexes trials, and max|b|
-    is taken per trial. Equal values (NaN and NaN too) give 0, a one-sided NaN inf."""
+    is taken per trial (at least ``scale_floor``). Equal values (NaN and NaN too) give
+    0, a one-sided NaN inf."""
     a = np.asarray(received).astype(np.float64)
     b = np.asarray(expected).astype(np.float64)
     finite = np.where(np.isfinite(b), np.abs(b), 0.0)
     scale = finite.max(axis=tuple(range(1, b.ndim)), keepdims=True) if b.size else finite
+    scale = np.maximum(scale, scale_floor)
     same = (a == b) | (np.isnan(a) & np.isnan(b))
     with np.errstate(all="ignore"):
         diff, rel = np.abs(a - b), np.abs(a - b) / (np.abs(b) + scale)
@@ -180,12 +182,14 @@ def max_scaled_error(received, expected) -> float:
     return float(rel.max()) if rel.size else 0.0
 
 
-def error_row(check: str, leaf: str, received, expected, tol: float, compared: str = "") -> CheckRow:
+def error_row(
+    check: str, leaf: str, received, expected, tol: float, compared: str = "", scale_floor: float = 0.0
+) -> CheckRow:
     """One leaf's row; ``received`` and ``expected`` are stacked over trials (axis 0)."""
     b = np.asarray(expected)
     if b.size == 0:
         return CheckRow(check, leaf, 0, (), math.nan, math.nan, 0.0, 0.0, tol, True, compared)
-    diff, rel = scaled_errors(received, expected)
+    diff, rel = scaled_errors(received, expected, scale_floor)
     worst = np.unravel_index(np.argmax(rel), rel.shape)  # (trial, *index)
     index, err = tuple(int(k) for k in worst[1:]), float(rel[worst])
     a = np.asarray(received).astype(np.float64)

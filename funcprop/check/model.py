@@ -217,7 +217,5 @@ def _row(check: str, leaf: str, received, expected, rtol, floor: float = 0.0) ->
     row = error_row(check, leaf, a[None], b[None], tol)
     if row.passed or not (b.size and floor > np.abs(b).max()):
         return row
-    pad = np.asarray([floor], b.dtype)  # an entry of size floor, the same on both sides, sets max|b|
-    row = error_row(check, leaf, np.concatenate([a.ravel(), pad])[None], np.concatenate([b.ravel(), pad])[None], tol)
-    index = tuple(int(i) for i in np.unravel_index(min(row.index[0], b.size - 1), b.shape))
-    return row._replace(index=index, compared=f"the leaf's scale raised to max|δ| {floor:.3g}")
+    row = error_row(check, leaf, a[None], b[None], tol, scale_floor=floor)
+    return row._replace(compared=f"the leaf's scale raised to max|δ| {floor:.3g}")

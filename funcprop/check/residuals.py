@@ -155,10 +155,7 @@ def residuals(fn, *args, reference=None, kwargs=None) -> ResidualTable:
       >>> table = residuals(funcprop.attention, q, q, q, kwargs={"causal": True})
       >>> print(table)  # q, k, v, O, m, ℓ against the (1, 2, 1, 512, 512) probabilities
     """
-    try:  # the shared helper's messages name check_vjp; here they name residuals
-        reference = resolve_reference(fn, reference, args)
-    except (TypeError, ValueError) as err:
-        raise type(err)(str(err).replace("check_vjp", "residuals")) from None
+    reference = resolve_reference(fn, reference, args, caller="residuals")
     kwargs = dict(kwargs or {})
     path_leaves, arg_def = jax.tree_util.tree_flatten_with_path(args)
     leaves = [_abstract("args" + jax.tree_util.keystr(p), x) for p, x in path_leaves]
