@@ -49,17 +49,23 @@ def resolve_reference(fn, reference, args, caller: str = "check_vjp"):
     return reference
 
 
-def _leaf_array(path: str, x) -> jax.Array:
-    try:
-        x = jnp.asarray(x)
-    except TypeError:
-        raise TypeError(
-            f"check_vjp: {path} is a {type(x).__name__}, not an array; pass static arguments by name through kwargs="
-        ) from None
+def leaf_array(path: str, x, caller: str = "check_vjp", abstract: bool = False):
+    """One leaf of args as an array (or, with ``abstract``, a ``jax.ShapeDtypeStruct`` as
+    it is), or a TypeError naming ``caller``: floating leaves are differentiated, integer
+    and bool ones held fixed, and nothing else is an argument."""
+    if not (abstract and isinstance(x, jax.ShapeDtypeStruct)):
+        try:
+            x = jnp.asarray(x)
+        except TypeError:
+            arrays = "arrays (or jax.ShapeDtypeStruct) as args and " if abstract else ""
+            raise TypeError(
+                f"{caller}: {path} is a {type(x).__name__}, not an array; pass {arrays}static arguments "
+                f"by name through kwargs="
+            ) from None
     if not (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_):
         raise TypeError(
-            f"check_vjp: {path} has dtype {x.dtype}; pass real floating "
-            f"leaves (differentiated) or integer ones (held fixed)"
+            f"{caller}: {path} has dtype {x.dtype}; pass real floating leaves (differentiated) "
+            f"or integer/bool ones (held fixed), and keys or other static values through kwargs="
         )
     return x
 
@@ -70,7 +76,7 @@ class Problem:
     def __init__(self, fn, reference, args, kwargs):
         path_leaves, self.arg_def = jax.tree_util.tree_flatten_with_path(args)
         paths = ["args" + jax.tree_util.keystr(p) for p, _ in path_leaves]
-        values = [_leaf_array(path, x) for path, (_, x) in zip(paths, path_leaves)]
+        values = [leaf_array(path, x) for path, (_, x) in zip(paths, path_leaves)]
         self.is_diff = [jnp.issubdtype(v.dtype, jnp.floating) for v in values]
         if not any(self.is_diff):
             raise TypeError(

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from funcprop.check._problem import name_of, resolve_reference
+from funcprop.check._problem import leaf_array, name_of, resolve_reference
 
 
 class ResidualRow(NamedTuple):
@@ -98,19 +98,7 @@ class ResidualTable(NamedTuple):
 
 def _abstract(path: str, x) -> jax.ShapeDtypeStruct:
     """The shape and dtype of one leaf of args; a ShapeDtypeStruct passes as it is."""
-    if not isinstance(x, jax.ShapeDtypeStruct):
-        try:
-            x = jnp.asarray(x)
-        except TypeError:
-            raise TypeError(
-                f"residuals: {path} is a {type(x).__name__}, not an array; pass arrays (or "
-                f"jax.ShapeDtypeStruct) as args and static arguments by name through kwargs="
-            ) from None
-    if not (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_):
-        raise TypeError(
-            f"residuals: {path} has dtype {x.dtype}; pass real floating leaves (differentiated) "
-            f"or integer/bool ones (held fixed), and keys or other static values through kwargs="
-        )
+    x = leaf_array(path, x, caller="residuals", abstract=True)
     return jax.ShapeDtypeStruct(x.shape, x.dtype)
 
 
