@@ -208,14 +208,14 @@ def test_out_is_checked_before_the_work_starts(command, work, where, message, tm
 def test_an_unwritable_out_is_refused_before_verifying(tmp_path, capsys, monkeypatch):
     import types
 
-    import funcprop.cli
+    import funcprop.cli_args
     import funcprop.verify
 
     def denied(dir):
         raise PermissionError(13, "Permission denied", str(dir))
 
     # the folder's permissions, as a test run by root (who writes anywhere) can see them
-    monkeypatch.setattr(funcprop.cli, "tempfile", types.SimpleNamespace(TemporaryFile=denied))
+    monkeypatch.setattr(funcprop.cli_args, "tempfile", types.SimpleNamespace(TemporaryFile=denied))
     monkeypatch.setattr(funcprop.verify, "verify_rules", lambda *a, **k: pytest.fail("the work started"))
     out = tmp_path / "verify"
     _one_line_error(
@@ -241,7 +241,8 @@ def test_version(capsys):
 def test_help_shows_every_default():
     import argparse
 
-    from funcprop.cli import _shown, build_parser
+    from funcprop.cli import build_parser
+    from funcprop.cli_args import shown as _shown
 
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
@@ -314,7 +315,7 @@ def test_a_sigterm_dropped_where_python_ignores_exceptions_is_raised_again(tmp_p
     import signal
     import time
 
-    import funcprop.cli
+    import funcprop.interrupts
     import funcprop.train
 
     def drops_the_first_then_waits(*args, **kwargs):
@@ -326,7 +327,7 @@ def test_a_sigterm_dropped_where_python_ignores_exceptions_is_raised_again(tmp_p
         time.sleep(10)
         pytest.fail("the SIGTERM was not raised again")
 
-    monkeypatch.setattr(funcprop.cli, "SIGTERM_RETRY_S", 0.05)
+    monkeypatch.setattr(funcprop.interrupts, "SIGTERM_RETRY_S", 0.05)
     monkeypatch.setattr(funcprop.train, "train", drops_the_first_then_waits)
     argv = ["train", "--dataset", "toy", "--arch", "seed", "--no-progress", "--no-cache", "--out", str(tmp_path)]
     assert main(argv) == 143
@@ -373,7 +374,7 @@ def test_sigterm_stops_training_cleanly(tmp_path):
 def test_a_sigterm_dropped_in_a_callback_is_kept_off_stderr(monkeypatch):
     """Python drops an exception raised in a __del__ or a gc callback and prints it; the
     retry thread raises SIGTERM's again, so that one is not printed. Others still are."""
-    from funcprop.cli import _sigterm_interrupts, _Terminated
+    from funcprop.interrupts import Terminated, sigterm_interrupts
 
     seen = []
     monkeypatch.setattr(sys, "unraisablehook", lambda info: seen.append(type(info.exc_value)))
@@ -385,9 +386,9 @@ def test_a_sigterm_dropped_in_a_callback_is_kept_off_stderr(monkeypatch):
         def __del__(self):
             raise self.error
 
-    with _sigterm_interrupts():
-        Raises(_Terminated())
+    with sigterm_interrupts():
+        Raises(Terminated())
         Raises(ValueError("shown"))
     assert seen == [ValueError]
-    Raises(_Terminated())  # outside the command: the previous hook again
-    assert seen == [ValueError, _Terminated]
+    Raises(Terminated())  # outside the command: the previous hook again
+    assert seen == [ValueError, Terminated]
