@@ -17,8 +17,6 @@ leaves :func:`funcprop.check.check_vjp`
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -132,17 +130,24 @@ def taylor_rows(problem, fn, cts, key) -> tuple[list[CheckRow], list[str]]:
     return rows, notes
 
 
+def _phi_and_norm(c, outs):
+    """⟨c, f⟩ and ‖c ⊙ f‖₂ (the scale of φ's float32 rounding), summed over the outputs."""
+    terms = [ci * oi for ci, oi in zip(c, outs)]
+    return sum(jnp.sum(w) for w in terms), jnp.sqrt(sum(jnp.sum(w**2) for w in terms))
+
+
 def _taylor_remainders(problem, fn, diff, fixed, cts, eps, keys, n_trials):
-    @functools.partial(jax.jit, static_argnums=())
+    """r(ε) and its rounding level, ``(n_trials, len(eps))`` each, for every float leaf."""
+
+    @jax.jit
     def run(diff, fixed, cts, eps, keys):
         pullback = problem.pullback(fn)
-        out = []
-        for k, x_k in enumerate(diff):
-            r_t, noise_t = [], []
-            for t in range(n_trials):
-                c = [ct[t] for ct in cts]
-                outs, grads = pullback(diff, fixed, c)
-                g = grads[k]
+        r, noise = [[] for _ in diff], [[] for _ in diff]
+        for t in range(n_trials):
+            c = [ct[t] for ct in cts]
+            outs, grads = pullback(diff, fixed, c)  # once per trial, for every leaf
+            phi0, norm0 = _phi_and_norm(c, outs)
+            for k, (x_k, g) in enumerate(zip(diff, grads)):
                 scale = jnp.sqrt(jnp.mean(x_k**2)) if x_k.size else 1.0
                 scale = jnp.where(scale > 0, scale, 1.0)
                 z = jax.random.normal(jax.random.fold_in(keys[k], t), x_k.shape, jnp.float32)
@@ -150,19 +155,14 @@ def _taylor_remainders(problem, fn, diff, fixed, cts, eps, keys, n_trials):
                 along_g = jnp.where(g_rms > 0, g / jnp.where(g_rms > 0, g_rms, 1.0), z)
                 v = scale * (along_g if t == 0 else z)
                 d = jnp.sum(g * v)
-                terms = [ci * oi for ci, oi in zip(c, outs)]
-                phi0 = sum(jnp.sum(w) for w in terms)
-                norm0 = jnp.sqrt(sum(jnp.sum(w**2) for w in terms))
 
                 def at(e, k=k, c=c, v=v):
                     moved = [x + e * v if j == k else x for j, x in enumerate(diff)]
-                    w = [ci * oi for ci, oi in zip(c, problem.call(fn, moved, fixed))]
-                    return sum(jnp.sum(wi) for wi in w), jnp.sqrt(sum(jnp.sum(wi**2) for wi in w))
+                    return _phi_and_norm(c, problem.call(fn, moved, fixed))
 
                 phis, norms = jax.vmap(at)(eps)
-                r_t.append(jnp.abs(phis - phi0 - eps * d))
-                noise_t.append(jnp.finfo(jnp.float32).eps * (norms + norm0 + jnp.abs(eps * d)))
-            out.append((jnp.stack(r_t), jnp.stack(noise_t)))
-        return out
+                r[k].append(jnp.abs(phis - phi0 - eps * d))
+                noise[k].append(jnp.finfo(jnp.float32).eps * (norms + norm0 + jnp.abs(eps * d)))
+        return [(jnp.stack(rk), jnp.stack(nk)) for rk, nk in zip(r, noise)]
 
     return run(diff, fixed, cts, eps, keys)

@@ -190,13 +190,12 @@ def check_vjp(
         dtype = _dtype_name(groups[part][1][k])
         return f"{dtype} {what} vs {high.name if low else dtype} reference"
 
-    def add(check, received, expected, parts=(0, 1), what="fn", tol=None):
+    def add(check, received, expected, parts=(0, 1), what="fn"):
         received, expected = jax.device_get((received, expected))
         for part in parts:
             for k, path in enumerate(groups[part][0]):
-                leaf_tol = tols[part][k] if tol is None else tol
                 rows.append(
-                    error_row(check, path, received[part][k], expected[part][k], leaf_tol, compared(part, k, what))
+                    error_row(check, path, received[part][k], expected[part][k], tols[part][k], compared(part, k, what))
                 )
 
     add("output", fn_pair, ref_pair, parts=(0,))
