@@ -26,7 +26,7 @@ def test_main_job_writes_the_report_folder(tmp_path):
         "checkpoint.npz",
     ):
         assert (tmp_path / name).stat().st_size > 0, name
-    assert summary["checks"] == summary["checks_passed"] == 4
+    assert summary["checks"] == summary["checks_passed"] == 6  # 2 rules × bfloat16, float32, float64
     assert 0.5 < summary["test_accuracy"] <= 1.0
     assert "Final test accuracy" in (tmp_path / "summary.md").read_text()
     assert json.loads((tmp_path / "summary.json").read_text())["epochs"] == 2
@@ -47,7 +47,7 @@ def _broken_relu():
 
 def test_verification_flags_a_wrong_rule():
     rows = verify_rules(cases=[_broken_relu()])
-    assert [r["passed"] for r in rows] == [False, False]
+    assert [(r["dtype"], r["passed"]) for r in rows] == [("bfloat16", False), ("float32", False), ("float64", False)]
     assert "**FAIL**" in verification_markdown(rows)
 
 

@@ -28,6 +28,12 @@ XLA:CPU brings other dimension numbers to its fast kernels only in the entry
 computation, not inside a loop body such as a training epoch's ``lax.scan``, where a
 non-canonical convolution runs as a naive loop nest 5 to 24 times slower
 (jax-ml/jax#12868; measured in ``experiments/conv_budget.py``).
+
+Dtypes (DESIGN §7): every convolution accumulates in float32 at least
+(``preferred_element_type``; bfloat16 and float16 go through float32, float32 and
+float64 stay as they are), the bias is added and summed in that dtype, the output comes
+back in x's dtype and each cotangent in its own primal's dtype. The twin makes the same
+casts.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from funcprop.rules._core import as_float_array, custom_rule, implements, require_same_dtype
+from funcprop.rules._core import accumulation_dtype, as_float_array, custom_rule, implements, require_same_dtype
 from funcprop.rules._spatial import check_fits, explicit_padding, padding_spec, pair
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
@@ -59,8 +65,11 @@ def conv2d_twin(x, kernel, bias, stride=1, padding="VALID", dilation=1):
     if x.ndim == 3:
         return conv2d_twin(x[None], kernel, bias, stride, padding, dilation)[0]
     stride, pads, dilation = conv_static("conv2d", x.shape[1:3], kernel.shape[:2], stride, padding, dilation)
-    out = lax.conv_general_dilated(x, kernel, stride, pads, rhs_dilation=dilation, dimension_numbers=_NHWC)
-    return out + bias
+    acc = accumulation_dtype(x.dtype)
+    out = lax.conv_general_dilated(
+        x, kernel, stride, pads, rhs_dilation=dilation, dimension_numbers=_NHWC, preferred_element_type=acc
+    )
+    return (out + bias.astype(acc)).astype(x.dtype)
 
 
 def _conv2d_fwd(x, kernel, bias, stride, padding, dilation):
@@ -70,13 +79,21 @@ def _conv2d_fwd(x, kernel, bias, stride, padding, dilation):
 def _conv2d_bwd(stride, padding, dilation, res, delta):
     """X̄ = dilate(Δ, s) ⋆ flip(K)ᵀ,  K̄ = X_pad ⋆ dilate(Δ, s),  β̄ = Σ Δ."""
     x, kernel = res
+    acc = accumulation_dtype(x.dtype)
     span = [extent(k, d) for k, d in zip(kernel.shape[:2], dilation)]
     r = [(n + p[0] + p[1] - k) % s for n, k, s, p in zip(x.shape[1:3], span, stride, padding)]
     # input: correlate the s-dilated Δ with the flipped kernel, I and O swapped
     flipped = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)  # (kh, kw, c_out, c_in)
     x_pad = [(k - 1 - p[0], k - 1 - p[1] + ri) for k, p, ri in zip(span, padding, r)]
     x_bar = lax.conv_general_dilated(
-        delta, flipped, (1, 1), x_pad, lhs_dilation=stride, rhs_dilation=dilation, dimension_numbers=_NHWC
+        delta,
+        flipped,
+        (1, 1),
+        x_pad,
+        lhs_dilation=stride,
+        rhs_dilation=dilation,
+        dimension_numbers=_NHWC,
+        preferred_element_type=acc,
     )
     # kernel: c_in becomes the batch, n the contracted features, Δ a kernel dilated by s
     k_pad = [(p[0], p[1] - ri) for p, ri in zip(padding, r)]
@@ -87,8 +104,12 @@ def _conv2d_bwd(stride, padding, dilation, res, delta):
         k_pad,
         rhs_dilation=stride,
         dimension_numbers=_NHWC,
+        preferred_element_type=acc,
     )  # (c_in, kh, kw, c_out)
-    return x_bar, jnp.transpose(k_bar, (1, 2, 0, 3)), jnp.sum(delta, axis=(0, 1, 2))
+    k_bar = jnp.transpose(k_bar, (1, 2, 0, 3))
+    b_bar = jnp.sum(delta, axis=(0, 1, 2), dtype=acc)
+    # bias has the kernel's dtype: conv2d's prepare requires one dtype
+    return x_bar.astype(x.dtype), k_bar.astype(kernel.dtype), b_bar.astype(kernel.dtype)
 
 
 def conv2d_args(x, kernel, bias, stride=1, padding="VALID", dilation=1):
@@ -132,7 +153,8 @@ def conv2d(x, kernel, bias, stride=1, padding="VALID", dilation=1) -> jax.Array:
     Backward (see the module docstring): the input cotangent is a transposed
     convolution of Δ, dilated by the stride, with the flipped kernel; the kernel
     cotangent a correlation of the padded input with Δ; the bias cotangent Σ Δ over
-    batch and space. Keeps x and the kernel.
+    batch and space. Keeps x and the kernel. bfloat16 and float16 accumulate in
+    float32 and return their own dtype.
 
     Args:
       x: ``(N, H, W, C_in)``, NHWC; or ``(H, W, C_in)`` for one example.

@@ -9,13 +9,20 @@ With Δ = ∂L/∂F:
     H̄ = Δ Ω               (the transpose of Ωᵀ; for one example ∂L/∂h = Ωᵀ δ)
     Ω̄ = Δᵀ H              (a sum of outer products δ hᵀ over the batch)
     β̄ = Σ_rows Δ
+
+Dtypes (DESIGN §7): the products and the bias sum accumulate in float32 at least
+(``preferred_element_type``; bfloat16 and float16 go through float32, float32 and
+float64 stay as they are), the output comes back in h's dtype and each cotangent in
+its own primal's dtype. The twin makes the same casts.
 """
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
 from funcprop.rules._core import (
+    accumulation_dtype,
     as_float_array,
     custom_rule,
     implements,
@@ -25,8 +32,9 @@ from funcprop.rules._core import (
 
 
 def dense_twin(h, omega, beta):
-    """Plain twin of :func:`dense`: ``h @ omega.T + beta``."""
-    return h @ omega.T + beta
+    """Plain twin of :func:`dense`: ``h @ omega.T + beta``, accumulated in float32 at least."""
+    acc = accumulation_dtype(h.dtype)
+    return (jnp.matmul(h, omega.T, preferred_element_type=acc) + beta.astype(acc)).astype(h.dtype)
 
 
 def _dense_fwd(h, omega, beta):
@@ -39,7 +47,12 @@ def _dense_bwd(res, delta):
     rows = numel(h.shape[:-1])  # B = all leading axes; explicit, as reshape(-1, 0) cannot infer it
     delta_rows = delta.reshape(rows, delta.shape[-1])  # (B, n_out)
     h_rows = h.reshape(rows, h.shape[-1])  # (B, n_in)
-    return delta @ omega, delta_rows.T @ h_rows, delta_rows.sum(axis=0)
+    acc = accumulation_dtype(h.dtype)
+    h_bar = jnp.matmul(delta, omega, preferred_element_type=acc)
+    omega_bar = jnp.matmul(delta_rows.T, h_rows, preferred_element_type=acc)
+    beta_bar = jnp.sum(delta_rows, axis=0, dtype=acc)
+    # beta has omega's dtype: dense's prepare requires one dtype
+    return h_bar.astype(h.dtype), omega_bar.astype(omega.dtype), beta_bar.astype(omega.dtype)
 
 
 def dense_args(h, omega, beta):
@@ -78,7 +91,8 @@ def dense(h, omega, beta) -> jax.Array:
 
     Backward, with Δ = ∂L/∂f: ``∂L/∂h = Δ Ω``, ``∂L/∂Ω = Δᵀ h`` (summed over all
     leading axes), ``∂L/∂β = Σ Δ``. Residuals kept: ``h`` and ``Ω`` (both already
-    live; nothing new is stored).
+    live; nothing new is stored). bfloat16 and float16 accumulate in float32 and
+    return their own dtype.
 
     Args:
       h: ``(..., n_in)``, one example ``(n_in,)`` or any leading batch axes.

@@ -15,6 +15,11 @@ sliced off at the end.
   row-major order within the window (smallest i, then smallest j) takes it all, the
   others get zero. A NaN counts as a window's maximum (the output is NaN), so the
   first NaN takes it. The residual is that offset, one uint8 per output element.
+
+Dtypes (DESIGN §7): the average's window sums and both backwards' sums over the
+offsets (overlapping windows add up) are computed in float32 at least (bfloat16 and
+float16 go through float32, float32 and float64 stay); the output and x̄ come back in
+x's dtype. The max itself is exact in any dtype.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from funcprop.rules._core import as_float_array, custom_rule, implements
+from funcprop.rules._core import accumulation_dtype, as_float_array, custom_rule, implements
 from funcprop.rules._spatial import check_fits, explicit_padding, out_size, padding_spec, window_and_stride
 
 
@@ -116,11 +121,12 @@ def _max_pool2d_fwd(x, window, stride, pads):
 def _max_pool2d_bwd(window, stride, pads, res, g):
     """x̄ = Σ_(i,j) place(ḡ ⊙ [argmax = (i, j)]): all of ḡ to the first maximum."""
     arg, in_hw = res
+    wide = g.astype(accumulation_dtype(g.dtype))  # overlapping windows add up
     x_bar = sum(
-        _scatter_to_input(jnp.where(arg == k, g, 0), i, j, in_hw, stride, pads)
+        _scatter_to_input(jnp.where(arg == k, wide, 0), i, j, in_hw, stride, pads)
         for k, (i, j) in enumerate(_offsets(window))
     )
-    return (x_bar,)
+    return (x_bar.astype(g.dtype),)
 
 
 def _max_pool2d_args(x, window, stride=None, padding="VALID"):
@@ -149,11 +155,14 @@ def _window_counts(in_hw, window, stride, pads, count_include_pad: bool) -> np.n
 
 @_one_example_too
 def avg_pool2d_twin(x, window, stride=None, padding="VALID", count_include_pad=True):
-    """Plain twin of :func:`avg_pool2d`: a window sum divided by the window's count."""
+    """Plain twin of :func:`avg_pool2d`: a window sum divided by the window's count, in
+    float32 at least."""
     window, stride, pads = pool_static("avg_pool2d", x.shape[1:3], window, stride, padding)
-    zero = np.zeros((), x.dtype)  # a concrete identity, so XLA sees a window sum JAX can differentiate
-    summed = lax.reduce_window(x, zero, lax.add, (1, *window, 1), (1, *stride, 1), ((0, 0), *pads, (0, 0)))
-    return summed / _window_counts(x.shape[1:3], window, stride, pads, count_include_pad).astype(x.dtype)
+    wide = x.astype(accumulation_dtype(x.dtype))
+    zero = np.zeros((), wide.dtype)  # a concrete identity, so XLA sees a window sum JAX can differentiate
+    summed = lax.reduce_window(wide, zero, lax.add, (1, *window, 1), (1, *stride, 1), ((0, 0), *pads, (0, 0)))
+    counts = _window_counts(x.shape[1:3], window, stride, pads, count_include_pad).astype(wide.dtype)
+    return (summed / counts).astype(x.dtype)
 
 
 def _avg_pool2d_fwd(x, window, stride, pads, count_include_pad):
@@ -162,8 +171,10 @@ def _avg_pool2d_fwd(x, window, stride, pads, count_include_pad):
 
 def _avg_pool2d_bwd(window, stride, pads, count_include_pad, in_hw, g):
     """x̄ = Σ_(i,j) place(ḡ / c): every input of a window gets an equal share."""
-    share = g / _window_counts(in_hw, window, stride, pads, count_include_pad).astype(g.dtype)
-    return (sum(_scatter_to_input(share, i, j, in_hw, stride, pads) for i, j in _offsets(window)),)
+    wide = g.astype(accumulation_dtype(g.dtype))
+    share = wide / _window_counts(in_hw, window, stride, pads, count_include_pad).astype(wide.dtype)
+    x_bar = sum(_scatter_to_input(share, i, j, in_hw, stride, pads) for i, j in _offsets(window))
+    return (x_bar.astype(g.dtype),)
 
 
 def _avg_pool2d_args(x, window, stride=None, padding="VALID", count_include_pad=True):

@@ -6,6 +6,11 @@ The softmax Jacobian is ``J = diag(p) − p pᵀ``, so its VJP is
 
 an O(C) computation instead of the O(C²) matrix. For log-softmax,
 ``∂ log p_i / ∂z_j = [i = j] − p_j``, so ``z̄ = ḡ − p Σ ḡ``.
+
+Dtypes (DESIGN §7): the exponentials, the sums and the backward are computed in
+float32 at least (bfloat16 and float16 go through float32, float32 and float64 stay);
+the output and z̄ come back in z's dtype. The residual is the output in z's dtype. The
+twins make the same casts.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from funcprop.rules._core import (
+    accumulation_dtype,
     as_float_array,
     custom_rule,
     implements,
@@ -41,10 +47,18 @@ def _axis_args(fn: str):
     return prepare
 
 
+def _wide(*arrays):
+    """The arrays in z's accumulation dtype: float32 at least (DESIGN §7)."""
+    acc = accumulation_dtype(arrays[0].dtype)
+    return [a.astype(acc) for a in arrays]
+
+
 def softmax_twin(z, axis=-1):
-    """Plain twin of :func:`softmax`: ``exp(z − m) / Σ exp(z − m)``, m = max z."""
-    e = jnp.exp(_shifted(z, axis))
-    return e / jnp.sum(e, axis=axis, keepdims=True)
+    """Plain twin of :func:`softmax`: ``exp(z − m) / Σ exp(z − m)``, m = max z, in
+    float32 at least."""
+    (wide,) = _wide(z)
+    e = jnp.exp(_shifted(wide, axis))
+    return (e / jnp.sum(e, axis=axis, keepdims=True)).astype(z.dtype)
 
 
 def _softmax_fwd(z, axis):
@@ -54,7 +68,8 @@ def _softmax_fwd(z, axis):
 
 def _softmax_bwd(axis, p, g):
     """z̄ = p ⊙ (ḡ − ⟨ḡ, p⟩)."""
-    return (p * (g - jnp.sum(g * p, axis=axis, keepdims=True)),)
+    wp, wg = _wide(p, g)
+    return ((wp * (wg - jnp.sum(wg * wp, axis=axis, keepdims=True))).astype(p.dtype),)
 
 
 _SOFTMAX = custom_rule(softmax_twin, _softmax_fwd, _softmax_bwd, prepare=_axis_args("softmax"), nondiff_argnums=(1,))
@@ -78,9 +93,9 @@ def softmax(z, axis: int = -1) -> jax.Array:
 
 
 def log_softmax_twin(z, axis=-1):
-    """Plain twin of :func:`log_softmax`: ``(z − m) − log Σ exp(z − m)``."""
-    s = _shifted(z, axis)
-    return s - jnp.log(jnp.sum(jnp.exp(s), axis=axis, keepdims=True))
+    """Plain twin of :func:`log_softmax`: ``(z − m) − log Σ exp(z − m)``, in float32 at least."""
+    s = _shifted(*_wide(z), axis)
+    return (s - jnp.log(jnp.sum(jnp.exp(s), axis=axis, keepdims=True))).astype(z.dtype)
 
 
 def _log_softmax_fwd(z, axis):
@@ -90,7 +105,8 @@ def _log_softmax_fwd(z, axis):
 
 def _log_softmax_bwd(axis, log_p, g):
     """z̄ = ḡ − p Σ ḡ, with p = exp(log p)."""
-    return (g - jnp.exp(log_p) * jnp.sum(g, axis=axis, keepdims=True),)
+    wl, wg = _wide(log_p, g)
+    return ((wg - jnp.exp(wl) * jnp.sum(wg, axis=axis, keepdims=True)).astype(log_p.dtype),)
 
 
 _LOG_SOFTMAX = custom_rule(
