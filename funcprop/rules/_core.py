@@ -86,6 +86,24 @@ def summed_like(ct, axes: frozenset):
     return jax.lax.psum(ct, tuple(sorted(extra))) if extra else ct
 
 
+def vary_like(tree, *refs):
+    """``tree`` made to vary over every mesh axis that one of ``refs`` varies over.
+
+    Inside ``shard_map`` (``check_vma`` on) a loop's initial carry built from
+    ``jnp.zeros`` is invariant, while the body's result varies with the sharded arrays
+    it reads, and ``lax.scan`` and ``lax.cond`` refuse carries and branches of two
+    types. ``lax.pcast(..., to="varying")`` gives the carry the body's type. The
+    identity outside ``shard_map``.
+    """
+    axes = frozenset().union(*(_varying_axes(r) for r in jax.tree.leaves(refs)))
+
+    def cast(x):
+        extra = tuple(sorted(axes - _varying_axes(x)))
+        return jax.lax.pcast(x, extra, to="varying") if extra else x
+
+    return jax.tree.map(cast, tree)
+
+
 def custom_rule(twin, fwd, bwd, *, prepare=None, nondiff_argnums=(), primal=None) -> VJPRule:
     """Make ``jax.custom_vjp(twin)`` with the hand-written ``fwd``/``bwd``.
 

@@ -59,6 +59,7 @@ from funcprop.rules._core import (
     positive_int,
     require_same_dtype,
     static_float,
+    vary_like,
 )
 
 DEFAULT_BLOCK_Q = 256
@@ -203,6 +204,7 @@ def _forward(q, k, v, mask, causal, scale, block_q, block_k):
 
         rows = q_i.shape[:-1]
         init = (jnp.full(rows, -jnp.inf, acc), jnp.zeros(rows, acc), jnp.zeros((*rows, v.shape[-1]), acc))
+        init = vary_like(init, q, k, v, mask)  # the carry's type under shard_map: the blocks
         (m, ell, o), _ = lax.scan(key_block, init, (jnp.arange(blk.nk), kb, vb))
         o = o / jnp.where(ell == 0, 1, ell)[..., None]
         return None, (o, m, ell)
@@ -251,15 +253,15 @@ def _backward(q, k, v, mask, o, m, ell, do, causal, scale, block_q, block_k):
                 return (dk, dv), dq_i
 
             def skip(carry):
-                return carry, jnp.zeros(q_i.shape, acc)
+                return carry, vary_like(jnp.zeros(q_i.shape, acc), q, k, v, mask, do)
 
             return lax.cond(blk.needed(i, j), grads, skip, carry)
 
-        init = (jnp.zeros(k_j.shape, acc), jnp.zeros(v_j.shape, acc))
+        init = vary_like((jnp.zeros(k_j.shape, acc), jnp.zeros(v_j.shape, acc)), q, k, v, mask, do)
         (dk, dv), dq_j = lax.scan(query_block, init, queries)
         return dq + dq_j, (dk, dv)
 
-    dq0 = jnp.zeros((blk.nq, *queries[1].shape[1:]), acc)
+    dq0 = vary_like(jnp.zeros((blk.nq, *queries[1].shape[1:]), acc), q, k, v, mask, do)
     dq, (dk, dv) = lax.scan(key_block, dq0, (jnp.arange(blk.nk), blk.keys(k), blk.keys(v)))
     return blk.unqueries(dq).astype(q.dtype), blk.unkeys(dk).astype(k.dtype), blk.unkeys(dv).astype(v.dtype)
 

@@ -55,6 +55,7 @@ from funcprop.rules._core import (
     numel,
     positive_int,
     require_same_dtype,
+    vary_like,
 )
 from funcprop.rules.softmax import log_softmax_twin
 
@@ -136,7 +137,7 @@ def _loss(h, omega, labels, ignore_index, chunk_size):
         return total + jnp.sum(_row_losses(log_softmax_twin(_logits(h_c, omega)), labels_c, valid_c)), None
 
     acc = accumulation_dtype(h.dtype)
-    total, _ = lax.scan(chunk, jnp.zeros((), acc), _chunked(h, labels, valid, chunk_size))
+    total, _ = lax.scan(chunk, vary_like(jnp.zeros((), acc), h, omega, labels), _chunked(h, labels, valid, chunk_size))
     return total * _mean_scale(valid, acc)
 
 
@@ -155,7 +156,7 @@ def _linear_cross_entropy_fwd(h, omega, labels, ignore_index, chunk_size):
         omega_bar += lax.dot_general(delta, h_c, (((0,), (0,)), ((), ())), preferred_element_type=acc)  # δᵀ h
         return (total + jnp.sum(_row_losses(log_p, labels_c, valid_c)), omega_bar), h_bar_c
 
-    init = (jnp.zeros((), acc), jnp.zeros(omega.shape, acc))
+    init = vary_like((jnp.zeros((), acc), jnp.zeros(omega.shape, acc)), h, omega, labels)  # shard_map's types
     (total, omega_bar), h_bar = lax.scan(chunk, init, _chunked(h, labels, valid, chunk_size))
     scale = _mean_scale(valid, acc)  # the 1/n of δ, applied once to the sums
     h_bar = h_bar.reshape(h_bar.shape[0] * h_bar.shape[1], h.shape[1])[:n_rows] * scale
