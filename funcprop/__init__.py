@@ -14,6 +14,7 @@ from funcprop import backprop as backprop  # the submodules, re-exported
 from funcprop import check as check
 from funcprop import checkpoint as checkpoint
 from funcprop import data as data
+from funcprop import distributed as distributed
 from funcprop import nn as nn
 from funcprop import rules  # noqa: E402
 from funcprop import train as train
@@ -25,5 +26,5 @@ try:
 except _metadata.PackageNotFoundError:  # run from a source tree that is not installed
     __version__ = "0+unknown"
 
-SUBMODULES = ["backprop", "check", "checkpoint", "data", "nn", "rules", "train", "xla_flags"]
+SUBMODULES = ["backprop", "check", "checkpoint", "data", "distributed", "nn", "rules", "train", "xla_flags"]
 __all__ = [*rules.__all__, *SUBMODULES]

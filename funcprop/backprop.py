@@ -174,10 +174,12 @@ def _loss_pieces(loss: Callable):
     return fwd, bwd
 
 
-def _pass(model: Layer, loss: Callable, model_params, head, x, y, key):
+def _pass(model: Layer, loss: Callable, model_params, head, x, y, key, loss_scale=None):
     """One forward and backward of ``loss(model(x), y)``, keeping what each leaf saw.
 
-    ``head`` is a loss layer's params (``()`` for a loss rule). Returns ``(value,
+    ``head`` is a loss layer's params (``()`` for a loss rule). With ``loss_scale`` s
+    the backward starts from s instead of 1: every cotangent and gradient is s times
+    ∂L's (float16's loss scaling, :mod:`funcprop.loss_scale`). Returns ``(value,
     grads, head_bar, records, (out, out_bar))``: the model's grads, the loss layer's,
     the leaves' :class:`LeafRecord` in the order the forward ran them, and the model's
     output with its cotangent δ_K = ∂L/∂f_K.
@@ -186,7 +188,8 @@ def _pass(model: Layer, loss: Callable, model_params, head, x, y, key):
     order: list = []
     out, tape = _forward(model, model_params, x, key, "", order)
     value, loss_residuals = loss_fwd(head, out, y)
-    head_bar, out_bar = loss_bwd(head, loss_residuals, jnp.ones_like(value))  # δ_K = ∂L/∂f_K
+    seed = jnp.ones_like(value) if loss_scale is None else jnp.asarray(loss_scale, value.dtype)
+    head_bar, out_bar = loss_bwd(head, loss_residuals, seed)  # δ_K = ∂L/∂f_K (times s)
     traces: dict = {}
     grads, _ = _backward(model, model_params, tape, out_bar, "", traces)
     return value, grads, head_bar, [traces[p] for p in order], (out, out_bar)
@@ -206,9 +209,10 @@ def value_and_grad(model: Layer, loss: Callable, *, return_intermediates: bool =
         cotangents, named by its path in the graph (``"2.1 Dense(3)"``).
 
     Returns:
-      ``fn(params, x, y, *, key=None) -> (loss, grads)`` (or ``(loss, grads,
-      traces)``), where grads has the pytree structure of params, as
-      ``jax.value_and_grad`` gives it. ``key`` feeds dropout (None: no dropout).
+      ``fn(params, x, y, *, key=None, loss_scale=None) -> (loss, grads)`` (or
+      ``(loss, grads, traces)``), where grads has the pytree structure of params, as
+      ``jax.value_and_grad`` gives it. ``key`` feeds dropout (None: no dropout);
+      ``loss_scale`` s, if given, makes the grads those of s·L (the loss stays L).
       Jittable.
     """
     _loss_pieces(loss)  # a TypeError now, not at the first call, if loss is no rule
@@ -216,9 +220,9 @@ def value_and_grad(model: Layer, loss: Callable, *, return_intermediates: bool =
     if not isinstance(model, Layer):
         raise TypeError(f"value_and_grad: model must be a Layer, got {type(model).__name__}")
 
-    def fn(params, x, y, *, key=None):
+    def fn(params, x, y, *, key=None, loss_scale=None):
         model_params, head = nn.split_params("value_and_grad", params) if with_head else (params, ())
-        value, grads, head_bar, records, _ = _pass(model, loss, model_params, head, x, y, key)
+        value, grads, head_bar, records, _ = _pass(model, loss, model_params, head, x, y, key, loss_scale)
         if with_head:
             grads = type(params)((grads, head_bar))
         if not return_intermediates:

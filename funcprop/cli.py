@@ -11,14 +11,12 @@ reports a process they killed: 130 for SIGINT, 143 for SIGTERM.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pathlib
-import re
 import signal
 import sys
 
-from funcprop import cli_args
+from funcprop import cli_args, cli_setup
 from funcprop.cli_args import ARCH_DEFAULTS, LM_FLAGS, UsageError, out_folder, recorded_settings, settle, shown
 from funcprop.interrupts import Terminated, sigterm_interrupts
 from funcprop.nn import models
@@ -59,18 +57,6 @@ def _cmd_shapes(args) -> int:
 # --- funcprop verify / train / report ------------------------------------------------
 
 DIGITS_SHAPE = {False: (64,), True: (8, 8, 1)}  # one digits example, flat or as an image
-
-
-def _optimizer(name: str, lr: float):
-    import optax
-
-    return {
-        "adam": lambda: optax.adam(lr),
-        "adamw": lambda: optax.adamw(lr, weight_decay=1e-4),
-        "sgd": lambda: optax.sgd(lr),
-        "momentum": lambda: optax.sgd(lr, momentum=0.9, nesterov=True),
-        "rmsprop": lambda: optax.rmsprop(lr),
-    }[name]()
 
 
 def _use_cache(args) -> None:
@@ -125,9 +111,22 @@ def _check_text_and_gpt(args) -> None:
 
 
 def _checkpoint_config(args) -> dict:
-    """The settings a resumed run must share with the checkpoint (what it trains, not what it reports)."""
+    """The settings a resumed run must share with the checkpoint (what it trains, not what it reports,
+    nor the devices it runs on: a run resumes onto another mesh)."""
     return recorded_settings(
-        args, "epochs", "resume", "no_progress", "no_cache", "out", "sample_bytes", "temperature", "no_twin_run"
+        args,
+        "epochs",
+        "resume",
+        "no_progress",
+        "no_cache",
+        "out",
+        "sample_bytes",
+        "temperature",
+        "no_twin_run",
+        "data_parallel",
+        "coordinator",
+        "num_processes",
+        "process_id",
     )
 
 
@@ -147,25 +146,6 @@ def _check_batch_size(args, ds) -> None:
         raise UsageError(f"--batch-size {args.batch_size} exceeds the {ds.x_train.shape[0]} training examples")
 
 
-@contextlib.contextmanager
-def _memory_errors_named(fix: str):
-    """Out of memory in XLA becomes a MemoryError of one line, naming the device and ``fix``."""
-    import jax
-
-    try:
-        yield
-    except jax.errors.JaxRuntimeError as err:  # GPU: RESOURCE_EXHAUSTED; CPU: INTERNAL: ... Out of memory
-        said = re.search(r"out of memory[^\n]*", str(err), flags=re.I)
-        if not said and "RESOURCE_EXHAUSTED" not in str(err):
-            raise
-        device = jax.devices()[0]
-        name = device if device.device_kind == device.platform else f"{device} ({device.device_kind})"
-        detail = (said.group() if said else str(err).splitlines()[0]).rstrip(".")
-        raise MemoryError(
-            f"out of memory: the model and batch do not fit in the memory of {name} ({detail}); {fix}"
-        ) from err
-
-
 def _cmd_train(args) -> int:
     _check_text_and_gpt(args)
     settle(
@@ -183,27 +163,31 @@ def _cmd_train(args) -> int:
         raise UsageError("--dataset mnist needs --data-path DIR, a folder with the four MNIST IDX files")
     if args.dataset == "toy" and args.arch in models.IMAGE_ARCHS:
         raise UsageError(f"--arch {args.arch} needs images; the toy dataset is 2-D points (use digits or mnist)")
+    cli_args.check_processes(args)
     out = out_folder(args.out)
     _use_cache(args)
+    mesh = cli_setup.mesh(args)
     if args.arch == "gpt":
-        return _train_lm(args, out)
+        return _train_lm(args, out, mesh)
     import json
 
     import jax
 
-    from funcprop import plots, train
+    from funcprop import distributed, plots, train
 
     ds = _load_dataset(args)
     _check_batch_size(args, ds)
-    model, title = models.build(args.arch, ds.example_shape, ds.num_classes, args.hidden, args.activation)
+    model, title = models.build(
+        args.arch, ds.example_shape, ds.num_classes, args.hidden, args.activation, dtype=cli_setup.dtype(args)
+    )
     checkpoint_path = _checkpoint_in(args, out)
-    print("funcprop train: compiling the training step (the first epoch takes longer)...", file=sys.stderr)
-    with _memory_errors_named("use smaller --hidden or --batch-size"):
+    cli_setup.say("compiling the training step (the first epoch takes longer)...")
+    with cli_setup.memory_errors_named("use smaller --hidden or --batch-size"):
         _, params = model.init(jax.random.key(args.seed), ds.example_shape)
         result = train.train(
             model,
             params,
-            _optimizer(args.optimizer, args.lr),
+            cli_setup.optimizer(args.optimizer, args.lr, args.dtype),
             ds,
             epochs=args.epochs,
             batch_size=args.batch_size,
@@ -214,12 +198,15 @@ def _cmd_train(args) -> int:
             out_dir=out,
             progress=not args.no_progress,
             config=_checkpoint_config(args),
+            mesh=mesh,
         )
+    if not distributed.is_writer():  # process 0 writes the files and the summary
+        return 0
     title = f"{ds.name}, {title}"
     plots.plot_history(result.history, out / "curves.png", title=title)
     if ds.example_shape == (2,):
         plots.plot_decision_boundary(
-            model.apply, result.params, ds.x_test, ds.y_test, out / "boundary.png", title=title
+            model.apply, cli_setup.local(result.params), ds.x_test, ds.y_test, out / "boundary.png", title=title
         )
     last = result.history[-1] if result.history else {}
     (out / "config.json").write_text(json.dumps({**recorded_settings(args), "model": title}, indent=2))
@@ -235,7 +222,7 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _train_lm(args, out) -> int:
+def _train_lm(args, out, mesh) -> int:
     """``funcprop train --dataset text --arch gpt``: :func:`funcprop.lm.run_lm`, its table on stdout."""
     import json
 
@@ -254,15 +241,16 @@ def _train_lm(args, out) -> int:
             d_model=args.d_model,
             heads=args.heads,
             layers=args.layers,
+            dtype=cli_setup.dtype(args),
         )
     except (FileNotFoundError, ValueError) as err:
         raise UsageError(str(err)) from err
     _check_batch_size(args, setup.data)
     _checkpoint_in(args, out)
-    with _memory_errors_named("use smaller --d-model, --context or --batch-size"):
+    with cli_setup.memory_errors_named("use smaller --d-model, --context or --batch-size"):
         summary = lm.run_lm(
             setup,
-            _optimizer(args.optimizer, args.lr),
+            cli_setup.optimizer(args.optimizer, args.lr, args.dtype),
             out,
             epochs=args.epochs,
             batch_size=args.batch_size,
@@ -274,8 +262,11 @@ def _train_lm(args, out) -> int:
             resume=args.resume,
             progress=not args.no_progress,
             config=_checkpoint_config(args),
-            say=lambda message: print(f"funcprop train: {message}", file=sys.stderr),
+            say=cli_setup.say,
+            mesh=mesh,
         )
+    if summary is None:  # not process 0
+        return 0
     settings = {**recorded_settings(args), "model": setup.title, "text": setup.text.source}
     (out / "config.json").write_text(json.dumps(settings, indent=2))
     print(

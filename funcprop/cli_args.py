@@ -69,6 +69,33 @@ seed = checked(int, "an integer seed", lambda v: 0 <= v < 2**32, "a seed in [0, 
 positive_float = checked(float, "a positive number", lambda v: 0 < v < float("inf"), "a positive number")
 count = checked(int, "an integer", lambda v: v >= 0, "an integer >= 0")
 temperature = checked(float, "a number", lambda v: 0 <= v < float("inf"), "a finite number >= 0 (0 is greedy)")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def host_port(text: str) -> str:
+    """An argparse type: ``HOST:PORT`` with a port in [1, 65535]."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"expected HOST:PORT with a port in [1, 65535], e.g. 10.0.0.1:1234, got {text!r}"
+        )
+    return text
+
+
+def check_processes(args) -> None:
+    """--coordinator, --num-processes and --process-id come together, the id below the count."""
+    given = {f: getattr(args, f.replace("-", "_")) is not None for f in ("coordinator", "num-processes", "process-id")}
+    if any(given.values()) and not all(given.values()):
+        missing = " and ".join(f"--{f}" for f, g in given.items() if not g)
+        raise UsageError(
+            "--coordinator, --num-processes and --process-id go together (one process per host, each with its "
+            f"own id); add {missing}"
+        )
+    if all(given.values()) and args.process_id >= args.num_processes:
+        raise UsageError(
+            f"--process-id {args.process_id} must be below --num-processes {args.num_processes} (ids are 0 to "
+            f"{args.num_processes - 1})"
+        )
 
 
 def settle(args, **readers) -> None:
@@ -217,6 +244,13 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=positive_int, help=f"epochs to train {arch_default('epochs')}")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--gradient", choices=GRADIENTS, default="rules", help="where gradients come from")
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        help="computation dtype; parameters and optimizer state stay float32, matmuls, softmax and the loss "
+        "accumulate in float32; float16 adds a dynamic loss scale",
+    )
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--out", default="runs/train", help="output folder (metrics, plots, checkpoint)")
     p.add_argument(
@@ -226,6 +260,18 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-cache", action="store_true", help=NO_CACHE)
+    many = p.add_argument_group(
+        "many devices",
+        "each batch is sharded over the devices, parameters replicated, one program; --batch-size must be a "
+        "multiple of the device count. With --coordinator, run the same command on every host (or several "
+        "times on one), each with its own --process-id; process 0 writes OUT",
+    )
+    many.add_argument("--data-parallel", action="store_true", help="use every device this process sees")
+    many.add_argument(
+        "--coordinator", type=host_port, help="HOST:PORT of process 0 (jax.distributed); implies --data-parallel"
+    )
+    many.add_argument("--num-processes", type=positive_int, help="how many processes join (with --coordinator)")
+    many.add_argument("--process-id", type=count, help="this process's number, 0 to N-1 (with --coordinator)")
     p.set_defaults(run=commands["train"])
 
     p = sub.add_parser("report", help="the main job: verify every rule, train on digits, write a report")

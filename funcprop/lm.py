@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from funcprop import nn, plots, text, train
+from funcprop import distributed, nn, plots, text, train
 from funcprop.nn import lm_head
 
 TWINS_DIR = "twins"  # the comparison run's metrics and checkpoint, inside the output folder
@@ -43,15 +43,16 @@ class LMSetup(NamedTuple):
     title: str
 
 
-def setup(*, text_path=None, max_bytes=None, context=64, d_model=64, heads=4, layers=2) -> LMSetup:
-    """Load the text (the standard library, or ``text_path``) and build the GPT for it.
+def setup(*, text_path=None, max_bytes=None, context=64, d_model=64, heads=4, layers=2, dtype=None) -> LMSetup:
+    """Load the text (the standard library, or ``text_path``) and build the GPT for it
+    (``dtype``: its computation dtype; the parameters are float32).
 
     Raises ValueError or FileNotFoundError, naming the fix, for text that does not exist
     or is too short for ``context``, or a ``d_model`` that ``heads`` does not divide.
     """
     corpus = text.load_text(text_path, max_bytes=max_bytes)
     data = text.windows(corpus, context)
-    model = nn.gpt(text.VOCAB_SIZE, context, d_model=d_model, num_heads=heads, num_layers=layers)
+    model = nn.gpt(text.VOCAB_SIZE, context, d_model=d_model, num_heads=heads, num_layers=layers, dtype=dtype)
     title = f"gpt d_model {d_model}, {_plural(layers, 'layer')}, {_plural(heads, 'head')}, context {context}"
     return LMSetup(corpus, data, model, nn.LinearCrossEntropy(text.VOCAB_SIZE), context, title)
 
@@ -130,15 +131,19 @@ def run_lm(
     progress: bool = True,
     config: dict | None = None,
     say: Callable[[str], Any] = lambda message: None,
-) -> dict:
+    mesh=None,
+) -> dict | None:
     """Train, train again through the twins, sample and write the report; return its summary.
 
     With ``checkpoint``, each run saves ``checkpoint.npz`` after every epoch (the
     comparison run in ``out/twins/``) and ``resume`` continues from it, refusing other
     settings (``config``). ``say`` receives progress notices (the CLI prints them on stderr).
+    ``mesh``: train data-parallel on it (:func:`funcprop.train.train`); across processes
+    every process trains and process 0 alone samples and writes.
 
     Returns:
-      The summary :func:`write_lm_report` wrote as ``lm.json``.
+      The summary :func:`write_lm_report` wrote as ``lm.json`` (None in a process other
+      than 0, which writes nothing).
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"run_lm: epochs must be an int >= 1, got {epochs!r}")
@@ -149,7 +154,9 @@ def run_lm(
     out = pathlib.Path(out)
     init_key, train_key, sample_key = jax.random.split(jax.random.key(seed), 3)
     params = init_params(lm, init_key)
-    common = dict(epochs=epochs, batch_size=batch_size, checkpoint=checkpoint, resume=resume, progress=progress)
+    common = dict(
+        epochs=epochs, batch_size=batch_size, checkpoint=checkpoint, resume=resume, progress=progress, mesh=mesh
+    )
     say(f"training {lm.title} from the {gradient} (the first epoch compiles)...")
     result = _train(lm, params, optimizer, gradient=gradient, key=train_key, out_dir=out, config=config, **common)
     runs = [_run_summary(gradient, result.history)]
@@ -169,10 +176,12 @@ def run_lm(
         runs.append(_run_summary("twins", twins.history))
         histories["twins"] = twins.history
 
+    if not distributed.is_writer():
+        return None
     say(f"sampling {sample_bytes} bytes...")
     prompt = lm.text.validation[: lm.context]
     sample = text.generate(
-        next_logits_fn(lm.model, result.params),
+        next_logits_fn(lm.model, jax.tree.map(np.asarray, result.params)),  # this process's copy
         prompt,
         sample_bytes,
         key=sample_key,

@@ -86,7 +86,7 @@ def plot_decision_boundary(apply, params, x, y, path, title: str = "decision bou
     lo, hi = x.min(0) - 0.5, x.max(0) + 0.5
     gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], 200), np.linspace(lo[1], hi[1], 200))
     grid = np.stack([gx.ravel(), gy.ravel()], axis=1).astype(x.dtype)
-    logits = np.asarray(apply(params, jnp.asarray(grid)))
+    logits = np.asarray(apply(params, jnp.asarray(grid)), dtype=np.float64)  # bf16 or f16 logits too
     p1 = np.exp(logits - logits.max(1, keepdims=True))
     p1 = (p1 / p1.sum(1, keepdims=True))[:, 1].reshape(gx.shape)
     fig, ax = plt.subplots(figsize=(5, 4.5))

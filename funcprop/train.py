@@ -17,6 +17,12 @@ The gradient comes from one of three sources, which reach the same parameters:
 :class:`MetricsLog` (history, progress bar, time to target) and :class:`Checkpointer`
 (save each epoch, resume refusing other settings). The last four live in
 :mod:`funcprop.loop` and are re-exported here.
+
+Many devices: ``train(..., mesh=funcprop.distributed.data_mesh())`` shards each
+minibatch over the mesh axis ``"data"`` and replicates the state, in the same one
+program (:mod:`funcprop.distributed`). Low precision: build the model with
+``dtype=jnp.bfloat16`` (parameters stay float32); for float16, wrap the optimizer in
+:func:`dynamic_loss_scale` (:mod:`funcprop.loss_scale`).
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from funcprop import backprop, nn, shuffle
+from funcprop import backprop, distributed, nn, shuffle
+from funcprop.data_checks import check_data  # noqa: F401  (re-exported: train's parts)
 from funcprop.loop import (  # noqa: F401  (re-exported: train's parts)
     Checkpointer,
     MetricsLog,
@@ -40,6 +47,7 @@ from funcprop.loop import (  # noqa: F401  (re-exported: train's parts)
     run_epochs,
     write_history,
 )
+from funcprop.loss_scale import LossScaleState, dynamic_loss_scale, loss_scale_of  # noqa: F401  (re-exported)
 from funcprop.rules.losses import sigmoid_binary_cross_entropy, softmax_cross_entropy
 
 GRADIENTS = ("rules", "twins", "backprop")
@@ -52,10 +60,12 @@ class TrainResult(NamedTuple):
 
 
 def loss_and_grad(model, loss: Callable = softmax_cross_entropy, gradient: str = "rules"):
-    """``fn(params, x, y, *, key=None) -> (loss, grads)`` from the chosen source.
+    """``fn(params, x, y, *, key=None, loss_scale=None) -> (loss, grads)`` from the chosen source.
 
     ``key`` feeds the layers that need randomness (dropout); an apply function given
-    instead of a Layer is called as ``apply(params, x)``, without it.
+    instead of a Layer is called as ``apply(params, x)``, without it. ``loss_scale`` s
+    makes grads those of s·L, the loss staying L (float16's loss scaling): the
+    pullback is seeded with s instead of 1.
 
     Args:
       model: a ``Layer``, or an apply function ``apply(params, x)`` (``"rules"`` only).
@@ -81,16 +91,22 @@ def loss_and_grad(model, loss: Callable = softmax_cross_entropy, gradient: str =
     if nn.is_loss_layer(loss):  # params are (model_params, loss_params)
         head = loss.node.rule.twin if gradient == "twins" else loss.apply
         body = nn.twin(model) if gradient == "twins" else apply
-        value_and_grad = jax.value_and_grad(
-            lambda params, x, y, key: head(*_head_params(params), body(params[0], x, key=key), y)
-        )
-        return lambda params, x, y, *, key=None: value_and_grad(params, x, y, key)
+        return _seeded(lambda params, x, y, key: head(*_head_params(params), body(params[0], x, key=key), y))
     if gradient == "twins":
         apply, loss = nn.twin(model), loss.vjp_rule.twin
-    value_and_grad = jax.value_and_grad(
-        lambda params, x, y, key: loss(apply(params, x, key=key) if is_layer else apply(params, x), y)
-    )
-    return lambda params, x, y, *, key=None: value_and_grad(params, x, y, key)
+    return _seeded(lambda params, x, y, key: loss(apply(params, x, key=key) if is_layer else apply(params, x), y))
+
+
+def _seeded(objective):
+    """``fn(params, x, y, *, key=None, loss_scale=None) -> (L, ∂(s·L)/∂params)`` by
+    ``jax.vjp``: the pullback of the scalar L seeded with s (1 without a loss scale)."""
+
+    def fn(params, x, y, *, key=None, loss_scale=None):
+        value, pullback = jax.vjp(lambda p: objective(p, x, y, key), params)
+        seed = jnp.ones_like(value) if loss_scale is None else jnp.asarray(loss_scale, value.dtype)
+        return value, pullback(seed)[0]
+
+    return fn
 
 
 def _head_params(params) -> tuple:
@@ -109,7 +125,9 @@ def epoch_keys(key, n_batches: int):
     return key, shuffle_key, jax.random.split(dropout_key, n_batches)
 
 
-def make_epoch(grad_fn, optimizer: optax.GradientTransformation, n_examples: int, batch_size: int, unroll: int = 1):
+def make_epoch(
+    grad_fn, optimizer: optax.GradientTransformation, n_examples: int, batch_size: int, unroll: int = 1, mesh=None
+):
     """A jitted ``epoch(state, x, y) -> (state, mean train loss)``, state donated.
 
     The form was chosen by measurement (``funcprop bench``'s epoch table): one rolled
@@ -122,14 +140,34 @@ def make_epoch(grad_fn, optimizer: optax.GradientTransformation, n_examples: int
     no sort from 2048 examples on); ``n_examples // batch_size`` full minibatches are
     taken (the shuffled remainder is left out this epoch), and ``lax.scan`` runs the
     steps (``unroll`` of them per loop iteration).
+
+    With a ``mesh`` (an Auto-axes mesh with an axis ``"data"``, see
+    :mod:`funcprop.distributed`), each minibatch's indices and examples are sharded over
+    ``"data"`` and the state stays replicated: still one program, each device computing
+    its share of every batch, the partitioner summing the gradient across devices.
+
+    With a :func:`~funcprop.loss_scale.dynamic_loss_scale` optimizer, ``grad_fn`` is
+    called with ``loss_scale=`` the state's scale, and the optimizer unscales.
     """
     n_batches = n_examples // batch_size
+    shard = (
+        (lambda a: a)
+        if mesh is None
+        else (lambda a: jax.lax.with_sharding_constraint(a, distributed.batch_sharded(mesh)))
+    )
+    whole = (
+        (lambda t: t) if mesh is None else (lambda t: jax.lax.with_sharding_constraint(t, distributed.replicated(mesh)))
+    )
 
     def step(carry, idx, key, x, y):
         params, opt_state = carry
-        value, grads = grad_fn(params, x[idx], y[idx], key=key)
+        idx = shard(idx)
+        scale = loss_scale_of(opt_state)
+        value, grads = grad_fn(
+            params, shard(x[idx]), shard(y[idx]), key=key, **({} if scale is None else {"loss_scale": scale})
+        )
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), value
+        return whole((optax.apply_updates(params, updates), opt_state)), value
 
     def epoch(state: TrainState, x, y):
         key, shuffle_key, step_keys = epoch_keys(state.key, n_batches)
@@ -215,84 +253,6 @@ def make_evaluate(
     return jax.jit(evaluate)
 
 
-def _first_bad(fn: str, name: str, bad: np.ndarray, values: np.ndarray, want: str, fix: str) -> None:
-    """ValueError naming how many entries of ``name`` are bad, and the first one."""
-    if bad.any():
-        first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(
-            f"{fn}: {name} must hold {want}; {int(bad.sum())} entries do not, the first "
-            f"{values[first].item()!r} at index {first}; {fix}"
-        )
-
-
-def _check_head_targets(fn: str, part: str, y: np.ndarray, head) -> None:
-    """A loss layer's targets: class ids in [0, num_classes), or its ignore_index."""
-    if head.num_classes is None:
-        return
-    if not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"{fn}: y_{part} must be integer class ids for this loss layer, got dtype {y.dtype}")
-    bad = ((y < 0) | (y >= head.num_classes)) & (y != head.ignore_index)
-    _first_bad(
-        fn,
-        f"y_{part}",
-        bad,
-        y,
-        f"class ids in [0, {head.num_classes}) or the ignored id {head.ignore_index}",
-        "fix the labels, or give the loss layer as many classes as there are",
-    )
-
-
-def check_data(data, apply, params, loss: Callable = softmax_cross_entropy, fn: str = "train") -> None:
-    """Check a dataset once, before any compilation: raise ValueError naming what is wrong.
-
-    Inputs and targets agree in number, the training set is not empty, the inputs are
-    finite, and the targets fit the loss and the model's output (``apply(params, x)``,
-    traced abstractly): class ids in ``[0, C)`` and probabilities >= 0 for
-    ``softmax_cross_entropy``, targets in ``[0, 1]`` for ``sigmoid_binary_cross_entropy``,
-    finite targets for any other loss. A label of 7 with two classes, or -1, would
-    otherwise train without a word (the forward drops it; the loss looks fine).
-    """
-    for part in ("train", "test"):
-        x, y = np.asarray(getattr(data, f"x_{part}")), np.asarray(getattr(data, f"y_{part}"))
-        if x.shape[:1] != y.shape[:1]:
-            raise ValueError(
-                f"{fn}: x_{part} has {x.shape[:1]} examples but y_{part} has {y.shape[:1]}; give one target per example"
-            )
-        if part == "train" and x.shape[0] == 0:
-            raise ValueError(f"{fn}: the training set is empty (x_train has shape {x.shape}); pass examples")
-        if np.issubdtype(x.dtype, np.inexact):
-            _first_bad(
-                fn,
-                f"x_{part}",
-                ~np.isfinite(x),
-                x,
-                "finite values",
-                "drop or impute those examples (a NaN input makes every gradient NaN)",
-            )
-        if x.shape[0] == 0:
-            continue
-        if nn.is_loss_layer(loss):
-            _check_head_targets(fn, part, y, loss.node.rule)
-            continue
-        out = jax.eval_shape(apply, params, jnp.asarray(x[:1]))
-        if loss is softmax_cross_entropy and np.issubdtype(y.dtype, np.integer):
-            classes = out.shape[-1]
-            _first_bad(
-                fn,
-                f"y_{part}",
-                (y < 0) | (y >= classes),
-                y,
-                f"class ids in [0, {classes})",
-                f"the model has {classes} outputs: give it as many as there are classes, or fix the labels",
-            )
-        elif np.issubdtype(y.dtype, np.floating):
-            low, high = {softmax_cross_entropy: (0.0, np.inf), sigmoid_binary_cross_entropy: (0.0, 1.0)}.get(
-                loss, (-np.inf, np.inf)
-            )
-            want = "finite values" + (f" in [{low:g}, {high:g}]" if loss is not None and low == 0 else "")
-            _first_bad(fn, f"y_{part}", ~np.isfinite(y) | (y < low) | (y > high), y, want, "fix those targets")
-
-
 def train(
     model,
     params,
@@ -310,6 +270,7 @@ def train(
     progress: bool = True,
     target_accuracy: float | None = None,
     config: dict | None = None,
+    mesh=None,
 ) -> TrainResult:
     """Train ``model`` on ``data`` with ``optimizer``; deterministic for a given key.
 
@@ -339,6 +300,13 @@ def train(
         and the wall time at which it first was (``time_to_target_s``).
       config: JSON-serialisable settings stored in the checkpoint; resuming with
         different values of the same keys raises ValueError.
+      mesh: a ``jax.sharding.Mesh`` with an axis named ``"data"``
+        (:func:`funcprop.distributed.data_mesh`): each minibatch is sharded over it and
+        the parameters and optimizer state are replicated (:mod:`funcprop.distributed`);
+        ``batch_size`` must be a multiple of its size. The result is the one-device
+        run's up to rounding. Across processes (``jax.distributed``), every process
+        calls ``train`` with the same arguments; process 0 alone writes the checkpoint
+        and the history, and resumes from the checkpoint for all.
 
     ``params`` and ``key`` are copied, not consumed: the caller can train again from them.
 
@@ -369,21 +337,39 @@ def train(
             "these targets (class ids or probabilities with softmax_cross_entropy, 0/1 targets with "
             "sigmoid_binary_cross_entropy, and a non-empty test set); leave target_accuracy=None"
         )
-    epoch_fn = make_epoch(loss_and_grad(model, loss, gradient), optimizer, n, batch_size)
+    if mesh is not None:
+        mesh = distributed.check_mesh("train", mesh, batch_size)
+    epoch_fn = make_epoch(loss_and_grad(model, loss, gradient), optimizer, n, batch_size, mesh=mesh)
     evaluate = make_evaluate(apply, loss, accuracy=accuracy)
 
     state, history = init_state(params, optimizer, key), []
+    writer = distributed.is_writer()  # process 0: the only one that reads and writes files
     saver = None if checkpoint_path is None else Checkpointer(checkpoint_path, dict(config or {}))
-    if resume:
+    if resume and writer:
         state, history = saver.restore(state)
-    log = MetricsLog(history, target_accuracy=target_accuracy, progress=progress, total=epochs)
+    if mesh is not None:
+        state = distributed.replicate(distributed.from_writer(state) if resume else state, mesh)
+        data = distributed.replicate(_arrays(data), mesh)
+    log = MetricsLog(history, target_accuracy=target_accuracy, progress=progress and writer, total=epochs)
     try:
         for state, row in run_epochs(epoch_fn, evaluate, state, data, epochs):
             log.record(row)
-            if saver is not None:
+            if saver is not None and writer:
                 saver.save(state, log.rows)
     finally:
         log.close()
-    if out_dir is not None:
+    if out_dir is not None and writer:
         write_history(log.rows, out_dir)
     return TrainResult(state.params, state.opt_state, log.rows)
+
+
+class _Arrays(NamedTuple):
+    x_train: Any
+    y_train: Any
+    x_test: Any
+    y_test: Any
+
+
+def _arrays(data) -> _Arrays:
+    """The four arrays of a dataset, as NumPy arrays."""
+    return _Arrays(*(np.asarray(getattr(data, f"{a}_{part}")) for part in ("train", "test") for a in ("x", "y")))

@@ -80,6 +80,25 @@ def test_train_a_residual_architecture(arch, tmp_path, capsys):
     assert (tmp_path / "checkpoint.npz").exists()
 
 
+@pytest.mark.usefixtures("standard_promotion")
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_train_in_low_precision_keeps_float32_parameters_and_refuses_resuming_in_another(dtype, tmp_path, capsys):
+    import json
+
+    from funcprop import checkpoint
+
+    argv = ["train", "--dataset", "toy", "--arch", "seed", "--epochs", "2", "--no-progress", "--no-cache"]
+    assert main([*argv, "--dtype", dtype, "--out", str(tmp_path)]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    assert json.loads((tmp_path / "config.json").read_text())["dtype"] == dtype
+    arrays, meta = checkpoint.load_flat(tmp_path / "checkpoint.npz")
+    assert {str(v.dtype) for k, v in arrays.items() if "params" in k} == {"float32"}
+    scales = [k for k in arrays if k.endswith("scale")]
+    assert bool(scales) == (dtype == "float16")  # float16's loss scale lives in the optimizer state
+    code = main([*argv, "--epochs", "3", "--resume", "--out", str(tmp_path)])
+    _one_line_error(capsys, code, f"dtype: '{dtype}' then, 'float32' now", status=1)
+
+
 # --- the reliability sweep: flags a run would ignore, --out, --version, --help, signals, memory
 
 

@@ -217,23 +217,25 @@ ARCHS = ("mlp", "seed", "cnn", "resmlp", "resnet")  # the names build() knows
 IMAGE_ARCHS = ("cnn", "resnet")  # models of NHWC images
 
 
-def build(arch: str, example_shape, num_classes: int, hidden, activation: str):
+def build(arch: str, example_shape, num_classes: int, hidden, activation: str, dtype=None):
     """``(model, title)`` for an architecture of :data:`ARCHS` by name, as ``funcprop train``
     and ``funcprop shapes`` build it: ``hidden`` and ``activation`` are read by mlp and
-    resmlp only; ``seed`` is the notes' 2-4-7-3-2 sigmoid network."""
+    resmlp only; ``seed`` is the notes' 2-4-7-3-2 sigmoid network. ``dtype`` is every
+    layer's computation dtype (None: float32, the parameters' dtype)."""
     if arch not in ARCHS:
         raise ValueError(f"build: arch must be one of {ARCHS}, got {arch!r}")
+    kw = dict(dtype=dtype)
     if arch == "cnn":
-        return cnn(num_classes), "cnn"
+        return cnn(num_classes, **kw), "cnn"
     if arch == "resnet":
-        return resnet(num_classes), "resnet"
+        return resnet(num_classes, **kw), "resnet"
     if arch == "resmlp":
         return (
-            resmlp(num_classes, width=hidden[0], depth=len(hidden), activation=activation),
+            resmlp(num_classes, width=hidden[0], depth=len(hidden), activation=activation, **kw),
             f"resmlp width {hidden[0]} x {len(hidden)} blocks {activation}",
         )
     if arch == "seed":
         sizes, activation = [example_shape[0], 4, 7, 3, num_classes], "sigmoid"
     else:
         sizes = [example_shape[0], *hidden, num_classes]
-    return mlp(sizes, activation=activation), f"mlp {'-'.join(map(str, sizes))} {activation}"
+    return mlp(sizes, activation=activation, **kw), f"mlp {'-'.join(map(str, sizes))} {activation}"
