@@ -1,4 +1,4 @@
-"""Every rule in float32 and float64 against jax.grad of its twin and finite differences.
+"""Every rule in bfloat16, float32 and float64 against jax.grad of its twin and finite differences.
 
     python experiments/verify_rules.py --out runs/verify
 

@@ -172,8 +172,8 @@ def summary_markdown(summary: dict, rows: list) -> str:
         "## Rules verified",
         "",
         f"{summary['checks_passed']} of {summary['checks']} checks passed over {summary['rules_verified']} "
-        f"table rows (hand-written VJP against jax.vjp of the plain twin, float32 and float64, "
-        f"and against float64 central differences). Details: `verify.md`.",
+        f"table rows (hand-written VJP against jax.vjp of the plain twin in bfloat16, float32 and float64, "
+        f"bfloat16 against a float32 or float64 twin, and against float64 central differences). Details: `verify.md`.",
         "",
         "## Training on scikit-learn's digits",
         "",
