@@ -164,9 +164,9 @@ def _cmd_train(args) -> int:
     if args.dataset == "toy" and args.arch in models.IMAGE_ARCHS:
         raise UsageError(f"--arch {args.arch} needs images; the toy dataset is 2-D points (use digits or mnist)")
     cli_args.check_processes(args)
-    out = out_folder(args.out)
     _use_cache(args)
-    mesh = cli_setup.mesh(args)
+    mesh = cli_setup.mesh(args)  # joins the other processes first: then process 0's refusals reach them
+    out = cli_setup.on_writer(args, lambda: out_folder(args.out), "use --out", pathlib.Path(args.out))
     if args.arch == "gpt":
         return _train_lm(args, out, mesh)
     import json
@@ -180,7 +180,7 @@ def _cmd_train(args) -> int:
     model, title = models.build(
         args.arch, ds.example_shape, ds.num_classes, args.hidden, args.activation, dtype=cli_setup.dtype(args)
     )
-    checkpoint_path = _checkpoint_in(args, out)
+    checkpoint_path = cli_setup.on_writer(args, lambda: _checkpoint_in(args, out), "use --out", out / "checkpoint.npz")
     cli_setup.say("compiling the training step (the first epoch takes longer)...")
     with cli_setup.memory_errors_named("use smaller --hidden or --batch-size"):
         _, params = model.init(jax.random.key(args.seed), ds.example_shape)
@@ -246,7 +246,7 @@ def _train_lm(args, out, mesh) -> int:
     except (FileNotFoundError, ValueError) as err:
         raise UsageError(str(err)) from err
     _check_batch_size(args, setup.data)
-    _checkpoint_in(args, out)
+    cli_setup.on_writer(args, lambda: _checkpoint_in(args, out), "use --out")
     with cli_setup.memory_errors_named("use smaller --d-model, --context or --batch-size"):
         summary = lm.run_lm(
             setup,
@@ -326,7 +326,7 @@ def main(argv=None) -> int:
         signum = signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT
         print(f"funcprop {args.command}: interrupted by {signum.name}", file=sys.stderr)
         return 128 + signum
-    except (OSError, ValueError, TypeError, ImportError, FloatingPointError, MemoryError) as err:
+    except (OSError, ValueError, TypeError, ImportError, FloatingPointError, MemoryError, RuntimeError) as err:
         if os.environ.get("FUNCPROP_DEBUG"):
             raise
         message = " ".join(str(err).split()) or type(err).__name__  # one line

@@ -64,6 +64,17 @@ def mesh(args):
     return devices
 
 
+def on_writer(args, work, what: str, default=None):
+    """``work()`` (a check or a write of OUT) on process 0 alone, its failure shared with
+    the others (:func:`funcprop.distributed.on_writer`); simply ``work()`` without
+    --coordinator."""
+    if args.coordinator is None:
+        return work()
+    from funcprop import distributed
+
+    return distributed.on_writer(work, what, default)
+
+
 def dtype(args):
     """--dtype as the layers' computation dtype (None for float32, the parameters' own)."""
     import jax.numpy as jnp

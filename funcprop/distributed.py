@@ -42,7 +42,9 @@ def initialize(coordinator: str, num_processes: int, process_id: int) -> None:
     """
     if not isinstance(coordinator, str) or coordinator.rpartition(":")[0] == "":
         raise ValueError(f"initialize: coordinator must be 'HOST:PORT', got {coordinator!r}")
-    if not 0 <= process_id < num_processes:
+    if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
+        raise ValueError(f"initialize: num_processes must be an int >= 1, got {num_processes!r}")
+    if isinstance(process_id, bool) or not isinstance(process_id, int) or not 0 <= process_id < num_processes:
         raise ValueError(
             f"initialize: process_id must be in [0, {num_processes}) for {num_processes} processes, got {process_id}"
         )
@@ -121,6 +123,31 @@ def from_writer(tree):
     leaves, treedef = jax.tree.flatten(tree)
     got = multihost_utils.broadcast_one_to_all([_host(leaf) for leaf in leaves])
     return jax.tree.unflatten(treedef, [_like(g, leaf) for g, leaf in zip(got, leaves)])
+
+
+def on_writer(work, what: str, default=None):
+    """``work()`` on process 0, and its failure on every process.
+
+    Process 0 alone reads and writes the run's files; were its error its own, the other
+    processes would wait in their next collective until a timeout aborts them. So the
+    outcome is shared first (one flag): process 0 raises its error, the others an error
+    that points to it. Returns ``work()``'s value on process 0, ``default`` on the
+    others; in one process, simply ``work()``.
+    """
+    if jax.process_count() == 1:
+        return work()
+    value, failed = default, None
+    if is_writer():
+        try:
+            value = work()
+        except Exception as err:  # shared first, then raised again
+            failed = err
+    if not from_writer(np.asarray(failed is None)):
+        raise failed or RuntimeError(
+            f"process {jax.process_index()}: process 0 could not {what} (its own error says why); "
+            f"fix that and start every process again"
+        )
+    return value
 
 
 def is_writer() -> bool:

@@ -54,7 +54,7 @@ def setup(*, text_path=None, max_bytes=None, context=64, d_model=64, heads=4, la
     data = text.windows(corpus, context)
     model = nn.gpt(text.VOCAB_SIZE, context, d_model=d_model, num_heads=heads, num_layers=layers, dtype=dtype)
     title = f"gpt d_model {d_model}, {_plural(layers, 'layer')}, {_plural(heads, 'head')}, context {context}"
-    return LMSetup(corpus, data, model, nn.LinearCrossEntropy(text.VOCAB_SIZE), context, title)
+    return LMSetup(corpus, data, model, nn.LinearCrossEntropy(text.VOCAB_SIZE, dtype=dtype), context, title)
 
 
 def _plural(n: int, noun: str) -> str:
@@ -86,7 +86,8 @@ def next_logits_fn(model, params) -> Callable:
 
 def _train(lm: LMSetup, params, optimizer, *, gradient, key, out_dir, checkpoint, **kwargs):
     out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if distributed.is_writer():
+        out_dir.mkdir(parents=True, exist_ok=True)
     return train.train(
         lm.model,
         params,
@@ -159,7 +160,6 @@ def run_lm(
     )
     say(f"training {lm.title} from the {gradient} (the first epoch compiles)...")
     result = _train(lm, params, optimizer, gradient=gradient, key=train_key, out_dir=out, config=config, **common)
-    runs = [_run_summary(gradient, result.history)]
     histories = {gradient: result.history}
     if twin_run:
         say("training the same model through jax.grad of the twins (same keys and data)...")
@@ -173,11 +173,11 @@ def run_lm(
             config={**(config or {}), "gradient": "twins"},
             **common,
         )
-        runs.append(_run_summary("twins", twins.history))
         histories["twins"] = twins.history
 
-    if not distributed.is_writer():
+    if not distributed.is_writer():  # a resumed history is process 0's alone
         return None
+    runs = [_run_summary(g, h) for g, h in histories.items()]
     say(f"sampling {sample_bytes} bytes...")
     prompt = lm.text.validation[: lm.context]
     sample = text.generate(

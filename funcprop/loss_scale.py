@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from funcprop.rules._core import accumulation_dtype
+
 
 class LossScaleState(NamedTuple):
     """The wrapped optimizer's state and the loss scale's."""
@@ -75,8 +77,9 @@ def dynamic_loss_scale(
         return LossScaleState(optimizer.init(params), jnp.asarray(initial, jnp.float32), zero, zero)
 
     def update(grads, state: LossScaleState, params=None):
-        grads = jax.tree.map(lambda g: g / state.scale.astype(g.dtype), grads)
-        finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        grads = jax.tree.map(lambda g: _unscaled(g, state.scale), grads)
+        floats = [g for g in jax.tree.leaves(grads) if jnp.issubdtype(g.dtype, jnp.inexact)]
+        finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(g)) for g in floats] or [True]))
         updates, inner = optimizer.update(grads, state.inner, params)
         keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
         updates = jax.tree.map(lambda u: keep(u, jnp.zeros_like(u)), updates)
@@ -93,6 +96,29 @@ def dynamic_loss_scale(
     return optax.GradientTransformation(init, update)
 
 
+def _unscaled(g, scale):
+    """g / s, computed in float32 at least (s = 2¹⁶ is inf in float16, and a small g / s
+    would underflow there again); an integer or float0 leaf passes as it is."""
+    if not jnp.issubdtype(g.dtype, jnp.inexact):
+        return g
+    acc = accumulation_dtype(g.dtype)
+    return (g.astype(acc) / scale.astype(acc)).astype(g.dtype)
+
+
 def loss_scale_of(opt_state):
-    """The loss scale s in ``opt_state``, or None if the optimizer has none."""
-    return opt_state.scale if isinstance(opt_state, LossScaleState) else None
+    """The loss scale s in ``opt_state``, or None if the optimizer has none.
+
+    The scale must wrap the whole optimizer: inside ``optax.chain`` or another wrapper
+    the step could not find it to seed the backward, and the update would still divide
+    the gradient by s. That raises a TypeError rather than shrink every step by 1/s.
+    """
+    if isinstance(opt_state, LossScaleState):
+        return opt_state.scale
+    is_scale = lambda node: isinstance(node, LossScaleState)  # noqa: E731
+    if any(is_scale(node) for node in jax.tree.leaves(opt_state, is_leaf=is_scale)):
+        raise TypeError(
+            "dynamic_loss_scale: the loss scale is nested inside another optimizer (optax.chain, "
+            "apply_if_finite, MultiSteps...), where training cannot seed the backward with it; wrap the "
+            "whole optimizer instead: dynamic_loss_scale(optax.chain(...))"
+        )
+    return None

@@ -150,6 +150,8 @@ def make_epoch(
     called with ``loss_scale=`` the state's scale, and the optimizer unscales.
     """
     n_batches = n_examples // batch_size
+    if mesh is not None:
+        mesh = distributed.check_mesh("make_epoch", mesh, batch_size)
     shard = (
         (lambda a: a)
         if mesh is None
@@ -345,17 +347,20 @@ def train(
     state, history = init_state(params, optimizer, key), []
     writer = distributed.is_writer()  # process 0: the only one that reads and writes files
     saver = None if checkpoint_path is None else Checkpointer(checkpoint_path, dict(config or {}))
-    if resume and writer:
-        state, history = saver.restore(state)
+    if resume:  # process 0 reads the checkpoint; the others take its state (the identity in one process)
+        state, history = distributed.on_writer(
+            lambda: saver.restore(state), "resume from the checkpoint", default=(state, [])
+        )
+        state = distributed.from_writer(state)
     if mesh is not None:
-        state = distributed.replicate(distributed.from_writer(state) if resume else state, mesh)
+        state = distributed.replicate(state, mesh)
         data = distributed.replicate(_arrays(data), mesh)
     log = MetricsLog(history, target_accuracy=target_accuracy, progress=progress and writer, total=epochs)
     try:
         for state, row in run_epochs(epoch_fn, evaluate, state, data, epochs):
             log.record(row)
-            if saver is not None and writer:
-                saver.save(state, log.rows)
+            if saver is not None:
+                distributed.on_writer(lambda: saver.save(state, log.rows), "save the checkpoint")  # noqa: B023
     finally:
         log.close()
     if out_dir is not None and writer:

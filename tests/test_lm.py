@@ -145,6 +145,14 @@ def test_text_path_trains_on_the_user_s_files(tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["text_path"] == [str(corpus)]
 
 
+def test_a_bfloat16_gpt_trains_with_float32_parameters(tmp_path):
+    status, stdout, err = _train([*TINY, "--no-twin-run", "--dtype", "bfloat16"], tmp_path / "run")
+    assert status == 0, err
+    report, _ = _read(tmp_path / "run")
+    assert math.isfinite(report["validation_bits_per_byte"])
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["dtype"] == "bfloat16"
+
+
 GPT = ["--dataset", "text", "--arch", "gpt", "--max-bytes", "20000"]
 
 

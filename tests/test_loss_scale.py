@@ -117,3 +117,31 @@ def test_float16_training_with_a_loss_scale_learns_and_checkpoints_the_scale(tmp
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(result.params))
     arrays, _ = checkpoint.load_flat(path)
     assert float(next(v for k, v in arrays.items() if k.endswith("scale"))) == float(result.opt_state.scale)
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda opt: optax.chain(optax.clip_by_global_norm(1.0), opt),
+        lambda opt: optax.apply_if_finite(opt, max_consecutive_errors=3),
+    ],
+    ids=["chain", "apply_if_finite"],
+)
+def test_a_loss_scale_inside_another_optimizer_is_refused_not_applied_as_1_over_s(wrap):
+    """Nested, the backward would be seeded with 1 and the update still divide by s."""
+    ds = data.toy(jax.random.key(0), n=64)
+    model = nn.mlp([2, 4, 2])
+    _, params = model.init(jax.random.key(1), (2,))
+    opt = wrap(dynamic_loss_scale(optax.sgd(0.1)))
+    with pytest.raises(TypeError, match=r"dynamic_loss_scale: the loss scale is nested .* dynamic_loss_scale\(optax"):
+        train.train(model, params, opt, ds, epochs=1, batch_size=16, key=jax.random.key(2), progress=False)
+
+
+def test_float16_gradients_are_unscaled_in_float32():
+    """s = 2¹⁶ is inf in float16: dividing there would make every update 0."""
+    opt = dynamic_loss_scale(optax.sgd(1.0), initial=2.0**16)
+    grads = {"w": jnp.full(3, 2.0**14, jnp.float16)}  # the gradient 0.25, times s
+    state = opt.init({"w": jnp.zeros(3, jnp.float16)})
+    updates, state = opt.update(grads, state)
+    np.testing.assert_array_equal(updates["w"], np.full(3, -0.25, np.float16))
+    assert updates["w"].dtype == jnp.float16 and int(state.skipped) == 0

@@ -219,10 +219,13 @@ def Positions(max_len: int) -> Layer:
     )
 
 
-def PositionalEmbedding(max_len: int, features: int, *, stddev: float = 0.02, param_dtype=jnp.float32) -> Layer:
+def PositionalEmbedding(
+    max_len: int, features: int, *, stddev: float = 0.02, dtype=None, param_dtype=jnp.float32
+) -> Layer:
     """``x + P[t]`` at each position t of ``(B, T, features)``, P a learned
     ``(max_len, features)`` table: a fan-out into x and an embedding of its positions,
-    summed. Params: ``((), ((), ((), EmbeddingParams)), ())``."""
-    table = Embedding(max_len, features, stddev=stddev, param_dtype=param_dtype)
+    summed. ``dtype``: the rows' computation dtype, which must be x's (the sum adds
+    them). Params: ``((), ((), ((), EmbeddingParams)), ())``."""
+    table = Embedding(max_len, features, stddev=stddev, dtype=dtype, param_dtype=param_dtype)
     layer = serial(FanOut(2), parallel(Identity(), serial(Positions(max_len), table)), FanInSum())
     return renamed(layer, f"PositionalEmbedding({max_len}, {features})")

@@ -207,7 +207,7 @@ def gpt(
         ]
     return serial(
         Embedding(vocab_size, d_model, stddev=0.02, **kw),
-        PositionalEmbedding(context, d_model, param_dtype=param_dtype),
+        PositionalEmbedding(context, d_model, **kw),
         *blocks,
         LayerNorm(**kw),
     )
