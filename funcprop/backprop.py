@@ -214,6 +214,16 @@ def value_and_grad(model: Layer, loss: Callable, *, return_intermediates: bool =
       ``jax.value_and_grad`` gives it. ``key`` feeds dropout (None: no dropout);
       ``loss_scale`` s, if given, makes the grads those of s·L (the loss stays L).
       Jittable.
+
+    Example:
+      >>> from funcprop import backprop, nn, softmax_cross_entropy
+      >>> model = nn.mlp([2, 3, 2], "tanh")
+      >>> _, params = model.init(jax.random.key(0), (2,))   # one example's shape
+      >>> x, y = jnp.ones((4, 2), jnp.float32), jnp.array([0, 1, 1, 0])
+      >>> loss, grads = backprop.value_and_grad(model, softmax_cross_entropy)(params, x, y)
+      >>> autodiff = jax.grad(lambda p: softmax_cross_entropy(nn.twin(model)(p, x), y))(params)
+      >>> all(bool(jnp.allclose(a, b, atol=1e-6)) for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(autodiff)))
+      True
     """
     _loss_pieces(loss)  # a TypeError now, not at the first call, if loss is no rule
     with_head = nn.is_loss_layer(loss)

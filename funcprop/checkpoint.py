@@ -367,6 +367,15 @@ def load(path, like) -> tuple[Any, dict]:
       CheckpointError: if the file is corrupted, truncated or altered, or its
         structure, shapes or dtypes differ from ``like`` (naming the first key path
         that differs).
+
+    Example:
+      >>> import pathlib, tempfile
+      >>> path = pathlib.Path(tempfile.mkdtemp()) / "params.ckpt"
+      >>> params = {"omega": jnp.ones((4, 2), jnp.float32), "beta": jnp.zeros(4, jnp.float32)}
+      >>> _ = save(path, params, metadata={"epoch": 3})
+      >>> restored, meta = load(path, params)
+      >>> meta["epoch"], restored["omega"].shape, restored["omega"].dtype
+      (3, (4, 2), dtype('float32'))
     """
     path = pathlib.Path(path)
     atomic.remove_stale_temporaries(path)

@@ -132,6 +132,11 @@ def toy(key, n: int = 1000, kind: str = "moons", noise: float = 0.1, test_fracti
 
     Returns:
       A :class:`Dataset` with ``x``: ``(N, 2)`` float32 and ``y``: ``(N,)`` int32.
+
+    Example:
+      >>> ds = toy(jax.random.key(0), n=200)
+      >>> ds.x_train.shape, ds.x_test.shape, ds.num_classes
+      ((150, 2), (50, 2), 2)
     """
     try:
         k_points, k_train, k_test = jax.random.split(key, 3)

@@ -86,6 +86,7 @@ def check_mesh(fn: str, mesh, batch_size: int) -> Mesh:
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+    """Every device holds the whole array: parameters, optimizer state, the dataset."""
     return NamedSharding(mesh, P())
 
 

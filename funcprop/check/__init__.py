@@ -6,7 +6,7 @@
   - ``vjp``: fn's VJP against ``jax.vjp`` of the reference, for random cotangents c;
   - ``finite-diff``: fn's VJP against central differences of φ(x) = ⟨c, fn(x)⟩ in
     float64, ``(φ(x + h eᵢ) − φ(x − h eᵢ)) / 2h`` for every element i of every leaf;
-    where float64 is off, ``taylor`` instead: |φ(x + εv) − φ(x) − ε⟨∇φ, v⟩| falls as ε²;
+    where float64 is off, ``taylor`` instead: ``|φ(x + εv) − φ(x) − ε⟨∇φ, v⟩|`` falls as ε²;
   - one row set per transform asked for: ``jit``, ``vmap``, ``remat``, ``scan``,
     ``shard_map``, ``symbolic-zeros``, ``second-order`` (:mod:`.transforms`).
 
@@ -19,7 +19,7 @@
 - :func:`residuals` ``(fn, *args)``: what the rule keeps between forward and backward,
   beside what autodiff of the reference keeps.
 
-Error measure, per element, with ``a`` fn's value and ``b`` the expected one:
+Error measure, per element, with ``a`` fn's value and ``b`` the expected one::
 
     err = |a − b| / (|b| + max|b|)          (max over the finite entries of the leaf)
 

@@ -141,7 +141,10 @@ def residuals(fn, *args, reference=None, kwargs=None) -> ResidualTable:
       >>> import funcprop
       >>> q = jax.ShapeDtypeStruct((1, 512, 2, 32), jnp.float32)
       >>> table = residuals(funcprop.attention, q, q, q, kwargs={"causal": True})
-      >>> print(table)  # q, k, v, O, m, ℓ against the (1, 2, 1, 512, 512) probabilities
+      >>> [row.shape for row in table.side("fn")]   # q, k, v, O, m, ℓ
+      [(1, 512, 2, 32), (1, 512, 2, 32), (1, 512, 2, 32), (1, 512, 2, 32), (1, 2, 512), (1, 2, 512)]
+      >>> table.reference_bytes > 20 * table.fn_bytes   # autodiff keeps the (512, 512) probabilities
+      True
     """
     reference = resolve_reference(fn, reference, args, caller="residuals")
     kwargs = dict(kwargs or {})

@@ -41,6 +41,15 @@ def mlp(
         Glorot normal otherwise.
       b_init: the bias initialiser (zeros).
       dtype, param_dtype: the computation and parameter dtypes of every layer.
+
+    Example:
+      >>> from funcprop import nn
+      >>> model = nn.mlp([2, 4, 7, 3, 2], "sigmoid")       # the notes' network
+      >>> out_shape, params = model.init(jax.random.key(0), (2,))   # one example's shape
+      >>> out_shape, [w.shape for w, b in params[::2]]    # Dense, activation, Dense, ...
+      ((2,), [(4, 2), (7, 4), (3, 7), (2, 3)])
+      >>> model.apply(params, jnp.ones((5, 2), jnp.float32)).shape
+      (5, 2)
     """
     sizes = list(sizes)
     if len(sizes) < 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes):

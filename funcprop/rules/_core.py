@@ -1,6 +1,6 @@
 """The machinery every rule shares: tying a public rule to its twin and its fwd/bwd.
 
-A funcprop rule is written in four parts, always in this order:
+A funcprop rule is written in five parts, always in this order:
 
 1. the *plain twin*: the forward as a plain function of ``jnp``/``lax`` operations;
    differentiated by JAX it is the reference the rule is checked against;

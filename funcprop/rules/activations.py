@@ -111,6 +111,11 @@ def relu(f) -> jax.Array:
 
     Backward: ``f̄ = ḡ ⊙ [f > 0]``, the mask read off the saved output. At the kink
     the derivative is taken as 0: ``relu'(0) = 0``.
+
+    Example:
+      >>> import funcprop as fp
+      >>> print(jax.grad(lambda f: fp.relu(f).sum())(jnp.array([-1.0, 0.0, 2.0])))
+      [0. 0. 1.]
     """
     return _RELU.core(*_RELU.prepare(f))
 

@@ -358,5 +358,14 @@ def attention(
     Returns:
       ``(B, T, H, Dv)`` in q's dtype. A row with every key masked is 0 (and passes no
       gradient).
+
+    Example:
+      >>> import funcprop as fp
+      >>> q = k = v = jax.random.normal(jax.random.key(0), (2, 16, 4, 8))   # (B, T, H, D)
+      >>> o = fp.attention(q, k, v, causal=True)
+      >>> o.shape
+      (2, 16, 4, 8)
+      >>> bool(jnp.allclose(o, jax.nn.dot_product_attention(q, k, v, is_causal=True), atol=1e-5))
+      True
     """
     return _ATTENTION.core(*_ATTENTION.prepare(q, k, v, mask, causal, scale, block_q, block_k))

@@ -105,5 +105,17 @@ def dense(h, omega, beta) -> jax.Array:
     Raises:
       ValueError: on a rank or a feature count that does not match.
       TypeError: on an integer input or on mixed float dtypes.
+
+    Example:
+      >>> import funcprop as fp
+      >>> h = jnp.ones((8, 3))                          # a batch of 8 examples, n_in = 3
+      >>> fp.dense(h, jnp.ones((4, 3)), jnp.zeros(4)).shape
+      (8, 4)
+      >>> # Ω̄ = Δᵀ h: with Δ all ones, each entry sums the 8 examples' h
+      >>> print(jax.grad(lambda w: fp.dense(h, w, jnp.zeros(4)).sum())(jnp.ones((4, 3))))
+      [[8. 8. 8.]
+       [8. 8. 8.]
+       [8. 8. 8.]
+       [8. 8. 8.]]
     """
     return _DENSE.core(*dense_args(h, omega, beta))

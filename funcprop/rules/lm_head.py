@@ -258,5 +258,12 @@ def linear_cross_entropy(h, omega, labels, *, ignore_index: int = -100, chunk_si
         shape, no rows, or a chunk_size that is not a positive int.
       TypeError: on non-float h or omega, mixed float dtypes, non-integer labels, or
         an ignore_index that is not an int.
+
+    Example:
+      >>> import funcprop as fp
+      >>> h, omega = jnp.ones((6, 4)), jnp.zeros((10, 4))   # every class equally likely
+      >>> labels = jnp.array([1, 2, 3, -100, -100, 9])         # two rows ignored
+      >>> print(f"{fp.linear_cross_entropy(h, omega, labels):.4f}")  # log 10
+      2.3026
     """
     return _LINEAR_CROSS_ENTROPY.core(*_LINEAR_CROSS_ENTROPY.prepare(h, omega, labels, ignore_index, chunk_size))

@@ -200,6 +200,14 @@ def softmax_cross_entropy(logits, labels) -> jax.Array:
       ValueError: on 0 classes or 0 examples (the mean of nothing is NaN), or labels
         of the wrong shape.
       TypeError: on integer logits, labels neither int nor float, or mixed float dtypes.
+
+    Example:
+      >>> import funcprop as fp
+      >>> logits, y = jnp.array([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]]), jnp.array([0, 2])
+      >>> g = jax.grad(fp.softmax_cross_entropy)(logits, y)
+      >>> p = jax.nn.softmax(logits)
+      >>> bool(jnp.allclose(g, (p - jax.nn.one_hot(y, 3)) / 2))   # (p − y) / B
+      True
     """
     return _SOFTMAX_CROSS_ENTROPY.core(*_SOFTMAX_CROSS_ENTROPY.prepare(logits, labels))
 
