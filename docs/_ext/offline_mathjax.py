@@ -17,9 +17,7 @@ _PACKAGE = "sphinx-mathjax-offline"  # the distribution's module name has hyphen
 def _mathjax_dir() -> pathlib.Path:
     spec = importlib.util.find_spec(_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
-            f"offline_mathjax: the {_PACKAGE} package is not installed; pip install -e '.[docs]'"
-        )
+        raise RuntimeError(f"offline_mathjax: the {_PACKAGE} package is not installed; pip install -e '.[docs]'")
     return pathlib.Path(next(iter(spec.submodule_search_locations))) / "static" / "mathjax"
 
 
