@@ -1,6 +1,6 @@
 """The hand-derived rules: each a ``jax.custom_vjp`` with its backward written out."""
 
-from funcprop.rules._core import VJPRule
+from funcprop.rules._core import VJPRule, custom_rule, implements
 from funcprop.rules.activations import gelu, leaky_relu, relu, sigmoid, softplus, tanh
 from funcprop.rules.attention import attention
 from funcprop.rules.conv import conv2d
@@ -20,6 +20,8 @@ from funcprop.rules.softmax import log_softmax, softmax
 
 __all__ = [
     "VJPRule",
+    "custom_rule",
+    "implements",
     "attention",
     "avg_pool2d",
     "conv2d",
